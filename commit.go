@@ -1,0 +1,189 @@
+package streamtx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/streamtx/streamtx/internal/rdb"
+)
+
+// commit commits the handled items in one script. It returns the messages to
+// handle again (after a refusal that a re-run can fix), or nil when done.
+func (c *Consumer) commit(ctx context.Context, items []item) []*Message {
+	cm := rdb.Commit{
+		Stream:   c.cfg.Stream,
+		Offsets:  c.space.Offsets(),
+		Group:    c.cfg.Group,
+		Consumer: c.cfg.Consumer,
+	}
+	var pubOwner []int // publish index -> item index
+	ids := make([]string, len(items))
+	for i, it := range items {
+		ids[i] = it.msg.ID
+		cm.IDs = append(cm.IDs, it.msg.ID)
+		cm.Deliveries = append(cm.Deliveries, it.msg.Deliveries)
+		for _, p := range it.tx.Publishes() {
+			cm.Publishes = append(cm.Publishes, p)
+			pubOwner = append(pubOwner, i)
+		}
+	}
+	cm.States = c.states.Dirty()
+	sort.Slice(cm.States, func(i, j int) bool { return cm.States[i].Key < cm.States[j].Key })
+	keys, args := cm.Build()
+
+	start := time.Now()
+	res, err := c.runScript(ctx, c.scripts.Commit, keys, args)
+	if err != nil {
+		// The outcome is unknown: forget the state, re-scan our pending
+		// entries. What did commit is acknowledged and will not come back;
+		// what did not is handled again.
+		c.states.Discard()
+		c.recoverOwn, c.ownCursor = true, "0"
+		c.report(Event{Kind: EventError, IDs: ids, Err: err})
+		c.log.Error("streamtx: commit outcome unknown; entries stay pending and will be recovered", "err", err, "entries", len(ids))
+		return nil
+	}
+	switch res.Code {
+	case rdb.CodeOK:
+		c.states.Committed()
+		c.report(Event{Kind: EventCommit, IDs: ids, Duration: time.Since(start)})
+		return nil
+	case rdb.CodeNotOwned:
+		c.states.Discard()
+		drop := make(map[int]bool, len(res.Index))
+		var fenced []string
+		for _, i := range res.Index {
+			if i < len(items) {
+				drop[i] = true
+				fenced = append(fenced, items[i].msg.ID)
+				delete(c.retries, items[i].msg.ID)
+			}
+		}
+		c.report(Event{Kind: EventFenced, IDs: fenced, Err: ErrNotOwned})
+		c.log.Info("streamtx: entries no longer owned; dropped", "ids", fenced)
+		return remaining(items, drop)
+	case rdb.CodeConflict:
+		c.states.Discard()
+		c.report(Event{Kind: EventConflict, IDs: ids, Err: ErrVersionConflict})
+		return remaining(items, nil)
+	default: // rdb.CodeWrongType
+		c.states.Discard()
+		bad := make(map[string]bool, len(res.Index))
+		for _, t := range res.Index {
+			if t < len(cm.Targets) {
+				bad[cm.Targets[t]] = true
+			}
+		}
+		drop := make(map[int]bool)
+		for p, i := range pubOwner {
+			if bad[cm.Publishes[p].Stream] && !drop[i] {
+				drop[i] = true
+				err := Permanent(fmt.Errorf("%w: %q", ErrWrongType, cm.Publishes[p].Stream))
+				c.deadLetter(ctx, items[i].msg, err)
+			}
+		}
+		return remaining(items, drop)
+	}
+}
+
+func remaining(items []item, drop map[int]bool) []*Message {
+	var msgs []*Message
+	for i, it := range items {
+		if !drop[i] {
+			msgs = append(msgs, it.msg)
+		}
+	}
+	return msgs
+}
+
+// deadLetter moves m to the dead-letter stream in one script. If that
+// cannot be done now, the entry stays pending and is retried.
+func (c *Consumer) deadLetter(ctx context.Context, m *Message, cause error) {
+	text := cause.Error()
+	if len(text) > 4096 {
+		text = text[:4096]
+	}
+	args := make([]any, 0, 7+2*len(m.Values))
+	args = append(args, c.cfg.Group, c.cfg.Consumer, m.ID, m.Deliveries, text,
+		c.cfg.Clock().UnixMilli(), len(m.Values))
+	names := make([]string, 0, len(m.Values))
+	for k := range m.Values {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		args = append(args, escapeField(k), m.Values[k])
+	}
+	res, err := c.runScript(ctx, c.scripts.DeadLetter, []string{c.cfg.Stream, c.dlq}, args)
+	switch {
+	case err != nil:
+	case res.Code == rdb.CodeOK:
+		c.report(Event{Kind: EventDeadLetter, IDs: []string{m.ID}, Deliveries: m.Deliveries, Err: cause})
+		c.log.Warn("streamtx: entry dead-lettered", "id", m.ID, "deliveries", m.Deliveries, "err", cause, "dlq", c.dlq)
+		return
+	case res.Code == rdb.CodeNotOwned:
+		c.report(Event{Kind: EventFenced, IDs: []string{m.ID}, Err: ErrNotOwned})
+		return
+	default:
+		err = fmt.Errorf("%w: dead-letter stream %q", ErrWrongType, c.dlq)
+	}
+	c.retries[m.ID] = time.Now().Add(c.backoff(m.Deliveries))
+	err = fmt.Errorf("streamtx: cannot dead-letter %s (it stays pending): %w", m.ID, err)
+	c.report(Event{Kind: EventError, IDs: []string{m.ID}, Err: err})
+	c.log.Error(err.Error(), "cause", cause)
+}
+
+// runScript runs a status-returning script. A reply that did not arrive is
+// retried with the same arguments until CommitTimeout: the scripts check
+// before they write, so a retry of a script that did run is refused
+// (NOT_OWNED) instead of applied twice.
+func (c *Consumer) runScript(ctx context.Context, s *redis.Script, keys []string, args []any) (rdb.Result, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.CommitTimeout)
+	defer cancel()
+	for attempt := int64(1); ; attempt++ {
+		reply, err := rdb.Run(ctx, c.rdb, s, keys, args...)
+		if err == nil {
+			return rdb.ParseResult(reply)
+		}
+		if !retryable(err) || ctx.Err() != nil {
+			return rdb.Result{}, err
+		}
+		c.log.Warn("streamtx: script reply lost; retrying", "err", err, "attempt", attempt)
+		c.sleep(ctx, backoff(attempt, 10*time.Millisecond, time.Second, c.rnd))
+	}
+}
+
+// retryable reports whether err may pass: a network error, or a server that
+// is loading, busy, read-only (a failover in progress) or redirecting.
+func retryable(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || errors.Is(err, errors.ErrUnsupported) {
+		return true
+	}
+	msg := err.Error()
+	for _, p := range []string{"LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "EOF", "connection", "i/o timeout", "broken pipe", "pool"} {
+		if strings.HasPrefix(msg, p) || strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// Dead-letter entries carry metadata in fields named "stx.<name>". An
+// original field that starts with "stx." is stored with one more "stx."
+// before it, and loses it again on replay.
+const metaPrefix = "stx."
+
+func escapeField(f string) string {
+	if strings.HasPrefix(f, metaPrefix) {
+		return metaPrefix + f
+	}
+	return f
+}

@@ -1,0 +1,672 @@
+package streamtx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/streamtx/streamtx/internal/keys"
+	"github.com/streamtx/streamtx/internal/rdb"
+	"github.com/streamtx/streamtx/state"
+	"github.com/streamtx/streamtx/txn"
+)
+
+// Config configures a Consumer. The zero value of every optional field means
+// its default; no zero value blocks forever.
+type Config struct {
+	// Stream is the source stream. Required.
+	Stream string
+	// Group is the consumer group; created (with the stream) when missing.
+	// Required.
+	Group string
+	// Consumer is this process's name in the group. It must be stable across
+	// restarts (a restarted process finds its pending entries by name) and
+	// unique among live processes (two live processes with one name are
+	// fenced against each other, which is safe but wasteful). Required.
+	Consumer string
+
+	// StartID is where a newly created group starts: "0" (default) for the
+	// whole stream, "$" for new entries only, or an entry ID.
+	StartID string
+	// BatchSize is the most entries read at once and committed in one
+	// script. Default 100; at most 1000. 1 commits each entry on its own.
+	BatchSize int
+	// Block is how long one read waits for new entries. Default 1s. It also
+	// bounds how long Run takes to notice a cancelled context.
+	Block time.Duration
+	// MaxDeliveries is the number of deliveries after which a failing entry
+	// is dead-lettered. Default 5.
+	MaxDeliveries int64
+	// Backoff gives the wait before retrying an entry that failed on its
+	// n-th delivery. Default: 100ms doubling per delivery, capped at 10s and
+	// at ClaimIdle/2, with ±20% jitter.
+	Backoff func(deliveries int64) time.Duration
+	// DeadLetterStream receives entries that failed for good. Default
+	// "stx:{tag}:<stream>:<group>:dlq", in the source stream's hash slot.
+	DeadLetterStream string
+	// ClaimIdle is how long an entry must sit idle at another consumer
+	// before this one claims it. It must exceed the slowest normal handling
+	// of a batch. Default 30s.
+	ClaimIdle time.Duration
+	// ClaimInterval is the pause between two scans for idle entries. Default
+	// ClaimIdle/2.
+	ClaimInterval time.Duration
+	// ShutdownTimeout is how long, after Run's context is cancelled, the
+	// handler in hand may run before its context is cancelled too. Default
+	// 10s.
+	ShutdownTimeout time.Duration
+	// CommitTimeout is how long a commit whose reply did not arrive is
+	// retried before the batch is dropped (its entries stay pending and are
+	// recovered). Default 30s.
+	CommitTimeout time.Duration
+	// StateCacheSize is the most state records kept in memory between
+	// batches. Default 10,000.
+	StateCacheSize int
+	// Logger receives operational logs. Default: discard.
+	Logger *slog.Logger
+	// Observer receives events (commits, conflicts, retries, dead letters,
+	// errors). Default: none.
+	Observer Observer
+	// Clock gives the time written into dead letters. Default time.Now.
+	Clock func() time.Time
+}
+
+const maxBatch = 1000
+
+func (cfg *Config) setDefaults() error {
+	switch {
+	case cfg.Stream == "":
+		return configErr("Stream", "required")
+	case cfg.Group == "":
+		return configErr("Group", "required")
+	case cfg.Consumer == "":
+		return configErr("Consumer", "required")
+	case cfg.BatchSize < 0 || cfg.BatchSize > maxBatch:
+		return configErr("BatchSize", "%d is outside 0..%d", cfg.BatchSize, maxBatch)
+	case cfg.Block < 0:
+		return configErr("Block", "negative (%s)", cfg.Block)
+	case cfg.Block > 0 && cfg.Block < time.Millisecond:
+		return configErr("Block", "%s is below 1ms (Redis blocks in milliseconds; 0 means the default)", cfg.Block)
+	case cfg.MaxDeliveries < 0:
+		return configErr("MaxDeliveries", "negative (%d)", cfg.MaxDeliveries)
+	case cfg.ClaimIdle < 0:
+		return configErr("ClaimIdle", "negative (%s)", cfg.ClaimIdle)
+	case cfg.ClaimInterval < 0:
+		return configErr("ClaimInterval", "negative (%s)", cfg.ClaimInterval)
+	case cfg.ShutdownTimeout < 0:
+		return configErr("ShutdownTimeout", "negative (%s)", cfg.ShutdownTimeout)
+	case cfg.CommitTimeout < 0:
+		return configErr("CommitTimeout", "negative (%s)", cfg.CommitTimeout)
+	case cfg.StateCacheSize < 0:
+		return configErr("StateCacheSize", "negative (%d)", cfg.StateCacheSize)
+	case strings.ContainsAny(cfg.Consumer, " \t\r\n"):
+		return configErr("Consumer", "%q contains white space", cfg.Consumer)
+	}
+	if cfg.StartID == "" {
+		cfg.StartID = "0"
+	} else if cfg.StartID != "$" && !validID(cfg.StartID) {
+		return configErr("StartID", "%q is not \"0\", \"$\" or a stream ID", cfg.StartID)
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = 100
+	}
+	if cfg.Block == 0 {
+		cfg.Block = time.Second
+	}
+	if cfg.MaxDeliveries == 0 {
+		cfg.MaxDeliveries = 5
+	}
+	if cfg.ClaimIdle == 0 {
+		cfg.ClaimIdle = 30 * time.Second
+	}
+	if cfg.ClaimInterval == 0 {
+		cfg.ClaimInterval = cfg.ClaimIdle / 2
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.CommitTimeout == 0 {
+		cfg.CommitTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	return nil
+}
+
+func validID(id string) bool {
+	ms, seq, ok := strings.Cut(id, "-")
+	if ms == "" || (ok && seq == "") {
+		return false
+	}
+	for _, r := range ms + seq {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// Consumer consumes one stream through a consumer group, running a Handler
+// on every entry and committing the handler's effects exactly once.
+//
+// A Consumer is safe to share between goroutines, but Run runs at most once
+// at a time. Use several Consumers (with distinct Consumer names) for
+// parallelism.
+type Consumer struct {
+	rdb     redis.UniversalClient
+	cfg     Config
+	h       Handler
+	space   keys.Space
+	dlq     string
+	cluster bool
+	scripts *rdb.Scripts
+	states  *txn.States
+	env     *txn.Env
+	log     *slog.Logger
+
+	running   atomic.Bool
+	readyOnce sync.Once
+	ready     chan struct{}
+
+	// Owned by the Run goroutine.
+	retries    map[string]time.Time // entry ID -> when to retry
+	recoverOwn bool                 // re-scan own pending entries before reading new ones
+	ownCursor  string
+	idleCursor string
+	nextClaim  time.Time
+	rnd        *rand.Rand
+}
+
+// NewConsumer validates cfg, applies its defaults and returns a Consumer. It
+// does not talk to Redis: Run creates the group. Errors wrap ErrConfig and
+// name the field at fault.
+func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer, error) {
+	if client == nil {
+		return nil, configErr("client", "nil Redis client")
+	}
+	if h == nil {
+		return nil, configErr("handler", "nil Handler")
+	}
+	if v, ok := h.(interface{ validate() error }); ok {
+		if err := v.validate(); err != nil {
+			return nil, fmt.Errorf("%w: handler: %w", ErrConfig, err)
+		}
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	space, err := keys.NewSpace(cfg.Stream, cfg.Group)
+	if err != nil {
+		return nil, configErr("Stream", "%v", err)
+	}
+	_, cluster := client.(*redis.ClusterClient)
+	dlq := cfg.DeadLetterStream
+	if dlq == "" {
+		dlq = space.DeadLetters()
+	} else if cluster && keys.Slot(dlq) != keys.Slot(cfg.Stream) {
+		return nil, configErr("DeadLetterStream", "%q is in another cluster slot than %q", dlq, cfg.Stream)
+	}
+	if dlq == cfg.Stream {
+		return nil, configErr("DeadLetterStream", "is the source stream")
+	}
+	c := &Consumer{
+		rdb:        client,
+		cfg:        cfg,
+		h:          h,
+		space:      space,
+		dlq:        dlq,
+		cluster:    cluster,
+		scripts:    rdb.NewScripts(),
+		log:        cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
+		ready:      make(chan struct{}),
+		retries:    make(map[string]time.Time),
+		ownCursor:  "0",
+		idleCursor: "0-0",
+		rnd:        rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+	}
+	c.states = txn.NewStates(c.loadState, c.stateKey, cfg.StateCacheSize)
+	c.env = &txn.Env{
+		States:            c.states,
+		CheckTarget:       c.checkTarget,
+		IdempotencyPrefix: cfg.Stream + "/" + cfg.Group + "/",
+	}
+	return c, nil
+}
+
+// Ready is closed once Run has created the group and starts consuming.
+func (c *Consumer) Ready() <-chan struct{} { return c.ready }
+
+// DeadLetterStream returns the stream that failed entries are moved to.
+func (c *Consumer) DeadLetterStream() string { return c.dlq }
+
+func (c *Consumer) stateKey(name, key string, keyed bool) string {
+	if keyed {
+		return c.space.KeyedState(name, key)
+	}
+	return c.space.State(name)
+}
+
+func (c *Consumer) loadState(ctx context.Context, key string) (txn.Record, error) {
+	return state.Load(ctx, c.rdb, key)
+}
+
+func (c *Consumer) checkTarget(stream string) error {
+	if c.cluster && keys.Slot(stream) != keys.Slot(c.cfg.Stream) {
+		return fmt.Errorf("%w: slot %d, source %q is in slot %d", ErrCrossSlot, keys.Slot(stream), c.cfg.Stream, keys.Slot(c.cfg.Stream))
+	}
+	return nil
+}
+
+// Run consumes until ctx is cancelled, then drains: it stops reading, lets
+// the handler in hand finish (its context is cancelled ShutdownTimeout after
+// ctx), commits what succeeded, and returns nil. No goroutine of Run is left
+// after it returns, and nothing of this consumer writes to Redis afterwards.
+//
+// Run first re-processes this consumer's own pending entries, then reads new
+// ones. Connection errors are logged, reported to the Observer and retried
+// with backoff; Run returns an error only for what retrying cannot fix (the
+// stream key holds another type, or ErrRunning).
+func (c *Consumer) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	defer c.running.Store(false)
+
+	// The handler's context outlives ctx by ShutdownTimeout.
+	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+		case <-done:
+			return
+		}
+		t := time.NewTimer(c.cfg.ShutdownTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			hcancel()
+		case <-done:
+		}
+	}()
+	defer func() {
+		close(done)
+		wg.Wait()
+		hcancel()
+	}()
+
+	if err := c.start(ctx); err != nil {
+		return err
+	}
+	c.readyOnce.Do(func() { close(c.ready) })
+	c.recoverOwn, c.ownCursor = true, "0"
+	c.states.Reset()
+	fails := 0
+	for ctx.Err() == nil {
+		if err := c.step(ctx, hctx); err != nil {
+			if errors.Is(err, errFatal) {
+				return err
+			}
+			fails++
+			c.report(Event{Kind: EventError, Err: err})
+			c.log.Warn("streamtx: consume step failed; retrying", "err", err, "attempt", fails)
+			c.sleep(ctx, backoff(int64(fails), 50*time.Millisecond, 5*time.Second, c.rnd))
+			continue
+		}
+		fails = 0
+	}
+	return nil
+}
+
+var errFatal = errors.New("streamtx: fatal")
+
+// start creates the group (and stream) when missing, retrying connection
+// errors until ctx is cancelled.
+func (c *Consumer) start(ctx context.Context) error {
+	for attempt := int64(1); ; attempt++ {
+		err := c.ensureGroup(ctx)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, errFatal) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.report(Event{Kind: EventError, Err: err})
+		c.log.Warn("streamtx: cannot create group; retrying", "err", err, "attempt", attempt)
+		c.sleep(ctx, backoff(attempt, 100*time.Millisecond, 5*time.Second, c.rnd))
+	}
+}
+
+func (c *Consumer) ensureGroup(ctx context.Context) error {
+	err := c.rdb.XGroupCreateMkStream(ctx, c.cfg.Stream, c.cfg.Group, c.cfg.StartID).Err()
+	if err == nil || strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return nil
+	}
+	if strings.HasPrefix(err.Error(), "WRONGTYPE") {
+		return fmt.Errorf("%w: stream %q: %w", errFatal, c.cfg.Stream, err)
+	}
+	return fmt.Errorf("streamtx: create group %q on %q: %w", c.cfg.Group, c.cfg.Stream, err)
+}
+
+// step does one unit of work: recover own entries, retry due ones, claim
+// idle ones, or read new ones; then handles and commits what it got.
+func (c *Consumer) step(ctx, hctx context.Context) error {
+	now := time.Now()
+	var msgs []*Message
+	var err error
+	switch {
+	case c.recoverOwn:
+		msgs, err = c.claimOwn(ctx)
+	case c.dueRetries(now) != nil:
+		msgs, err = c.claimIDs(ctx, c.dueRetries(now))
+	case !now.Before(c.nextClaim):
+		msgs, err = c.claimIdle(ctx)
+	default:
+		msgs, err = c.read(ctx, now)
+	}
+	if err != nil {
+		return err
+	}
+	if len(msgs) > 0 {
+		c.process(ctx, hctx, msgs)
+	}
+	return nil
+}
+
+// read reads new entries, blocking at most Block (less when a retry is due
+// sooner).
+func (c *Consumer) read(ctx context.Context, now time.Time) ([]*Message, error) {
+	block := c.cfg.Block
+	if d := c.nextClaim.Sub(now); d < block {
+		block = d
+	}
+	for _, due := range c.retries {
+		if d := due.Sub(now); d < block {
+			block = d
+		}
+	}
+	if block < time.Millisecond {
+		block = time.Millisecond
+	}
+	// The read is not cancelled with ctx: a reply cut off mid-way would leave
+	// entries delivered but unseen. Block bounds the wait instead.
+	res, err := c.rdb.XReadGroup(context.WithoutCancel(ctx), &redis.XReadGroupArgs{
+		Group:    c.cfg.Group,
+		Consumer: c.cfg.Consumer,
+		Streams:  []string{c.cfg.Stream, ">"},
+		Count:    int64(c.cfg.BatchSize),
+		Block:    block,
+	}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		if strings.HasPrefix(err.Error(), "NOGROUP") {
+			c.log.Warn("streamtx: group or stream vanished; creating it again")
+			return nil, c.ensureGroup(ctx)
+		}
+		return nil, fmt.Errorf("streamtx: read %q: %w", c.cfg.Stream, err)
+	}
+	var msgs []*Message
+	for _, s := range res {
+		for _, m := range s.Messages {
+			vals := make(map[string]string, len(m.Values))
+			for k, v := range m.Values {
+				s, _ := v.(string)
+				vals[k] = s
+			}
+			msgs = append(msgs, &Message{Stream: c.cfg.Stream, ID: m.ID, Values: vals, Deliveries: 1})
+		}
+	}
+	return msgs, nil
+}
+
+// claimOwn takes back this consumer's own pending entries, one batch per
+// call, from the start of the pending list.
+func (c *Consumer) claimOwn(ctx context.Context) ([]*Message, error) {
+	reply, err := rdb.Run(ctx, c.rdb, c.scripts.Claim, []string{c.cfg.Stream},
+		c.cfg.Group, c.cfg.Consumer, "own", c.ownCursor, c.cfg.BatchSize)
+	if err != nil {
+		return nil, c.claimErr(ctx, err)
+	}
+	next, entries, deleted, err := rdb.ParseClaim(reply)
+	if err != nil {
+		return nil, err
+	}
+	if next == "0-0" {
+		c.recoverOwn, c.ownCursor = false, "0"
+	} else {
+		c.ownCursor = next
+	}
+	c.reportDeleted(deleted)
+	return c.messages(entries), nil
+}
+
+// claimIDs re-delivers the given entries to this consumer if it still owns
+// them: a retry counts as a delivery.
+func (c *Consumer) claimIDs(ctx context.Context, ids []string) ([]*Message, error) {
+	args := make([]any, 0, 5+len(ids))
+	args = append(args, c.cfg.Group, c.cfg.Consumer, "ids", len(ids))
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	reply, err := rdb.Run(ctx, c.rdb, c.scripts.Claim, []string{c.cfg.Stream}, args...)
+	if err != nil {
+		return nil, c.claimErr(ctx, err)
+	}
+	for _, id := range ids {
+		delete(c.retries, id)
+	}
+	_, entries, deleted, err := rdb.ParseClaim(reply)
+	if err != nil {
+		return nil, err
+	}
+	c.reportDeleted(deleted)
+	return c.messages(entries), nil
+}
+
+// claimIdle claims entries idle longer than ClaimIdle at other consumers.
+func (c *Consumer) claimIdle(ctx context.Context) ([]*Message, error) {
+	reply, err := rdb.Run(ctx, c.rdb, c.scripts.Claim, []string{c.cfg.Stream},
+		c.cfg.Group, c.cfg.Consumer, "idle", c.idleCursor, c.cfg.ClaimIdle.Milliseconds(), c.cfg.BatchSize)
+	if err != nil {
+		c.nextClaim = time.Now().Add(c.cfg.ClaimInterval)
+		return nil, c.claimErr(ctx, err)
+	}
+	next, entries, deleted, err := rdb.ParseClaim(reply)
+	if err != nil {
+		return nil, err
+	}
+	c.idleCursor = next
+	if next == "0-0" {
+		c.nextClaim = time.Now().Add(c.cfg.ClaimInterval)
+	}
+	c.reportDeleted(deleted)
+	msgs := c.messages(entries)
+	if len(msgs) > 0 {
+		ids := make([]string, len(msgs))
+		for i, m := range msgs {
+			ids[i] = m.ID
+		}
+		c.report(Event{Kind: EventClaim, IDs: ids})
+		c.log.Info("streamtx: claimed idle entries", "count", len(ids))
+	}
+	return msgs, nil
+}
+
+func (c *Consumer) claimErr(ctx context.Context, err error) error {
+	if strings.HasPrefix(err.Error(), "NOGROUP") {
+		c.log.Warn("streamtx: group or stream vanished; creating it again")
+		return c.ensureGroup(ctx)
+	}
+	return fmt.Errorf("streamtx: claim on %q: %w", c.cfg.Stream, err)
+}
+
+func (c *Consumer) messages(entries []rdb.Entry) []*Message {
+	msgs := make([]*Message, len(entries))
+	for i, e := range entries {
+		msgs[i] = &Message{Stream: c.cfg.Stream, ID: e.ID, Values: e.Values, Deliveries: e.Deliveries}
+	}
+	return msgs
+}
+
+func (c *Consumer) reportDeleted(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	for _, id := range ids {
+		delete(c.retries, id)
+	}
+	err := fmt.Errorf("streamtx: %d pending entries were deleted from %q before they were processed", len(ids), c.cfg.Stream)
+	c.report(Event{Kind: EventError, IDs: ids, Err: err})
+	c.log.Warn(err.Error(), "ids", ids)
+}
+
+// dueRetries returns the entries whose backoff has passed, oldest first, at
+// most one batch; nil when none is due.
+func (c *Consumer) dueRetries(now time.Time) []string {
+	var ids []string
+	for id, due := range c.retries {
+		if !due.After(now) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	sort.Slice(ids, func(i, j int) bool { return rdb.IDLess(ids[i], ids[j]) })
+	if len(ids) > c.cfg.BatchSize {
+		ids = ids[:c.cfg.BatchSize]
+	}
+	return ids
+}
+
+// item is a handled entry with its sealed transaction.
+type item struct {
+	msg *Message
+	tx  *txn.Tx
+}
+
+// process runs the handler on msgs and commits the successful ones,
+// re-running them as long as the commit is refused for a reason a re-run can
+// fix.
+func (c *Consumer) process(ctx, hctx context.Context, msgs []*Message) {
+	for attempt := 1; len(msgs) > 0; attempt++ {
+		items := c.handle(hctx, msgs)
+		if len(items) == 0 {
+			return
+		}
+		msgs = c.commit(ctx, items)
+		if len(msgs) > 0 && attempt > 1 {
+			// Contended state: let the other consumer's commit through.
+			c.sleep(ctx, backoff(int64(attempt-1), time.Millisecond, 100*time.Millisecond, c.rnd))
+		}
+		if ctx.Err() != nil && hctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// handle runs the handler on every message, each in its own transaction. A
+// failed transaction is rolled back and its entry scheduled for retry or
+// dead-lettered; the successful ones are returned.
+func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
+	items := make([]item, 0, len(msgs))
+	for _, m := range msgs {
+		delete(c.retries, m.ID)
+		tx := txn.New(c.env, m.ID)
+		err := c.call(hctx, m, tx)
+		if err == nil {
+			err = tx.Seal()
+		}
+		if err != nil {
+			tx.Rollback()
+			c.failed(hctx, m, err)
+			continue
+		}
+		items = append(items, item{m, tx})
+	}
+	return items
+}
+
+func (c *Consumer) call(ctx context.Context, m *Message, tx *txn.Tx) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	return c.h.Handle(ctx, m, tx)
+}
+
+// failed decides what happens to an entry whose handler failed: retry after
+// a backoff, or dead-letter it.
+func (c *Consumer) failed(hctx context.Context, m *Message, err error) {
+	if hctx.Err() != nil {
+		// Shutting down: the entry stays pending for the next owner.
+		return
+	}
+	permanent := IsPermanent(err) || errors.Is(err, txn.ErrBadPublish)
+	if permanent || m.Deliveries >= c.cfg.MaxDeliveries {
+		c.deadLetter(hctx, m, err)
+		return
+	}
+	d := c.backoff(m.Deliveries)
+	c.retries[m.ID] = time.Now().Add(d)
+	c.report(Event{Kind: EventRetry, IDs: []string{m.ID}, Deliveries: m.Deliveries, Err: err})
+	c.log.Info("streamtx: handler failed; will retry", "id", m.ID, "deliveries", m.Deliveries, "in", d, "err", err)
+}
+
+func (c *Consumer) backoff(deliveries int64) time.Duration {
+	if c.cfg.Backoff != nil {
+		return max(c.cfg.Backoff(deliveries), 0)
+	}
+	return backoff(deliveries, 100*time.Millisecond, min(10*time.Second, c.cfg.ClaimIdle/2), c.rnd)
+}
+
+// backoff is exponential from base, capped, with ±20% jitter.
+func backoff(n int64, base, cap time.Duration, rnd *rand.Rand) time.Duration {
+	d := base
+	for i := int64(1); i < n && d < cap; i++ {
+		d *= 2
+	}
+	d = min(d, cap)
+	j := time.Duration(float64(d) * 0.2 * (2*rnd.Float64() - 1))
+	return d + j
+}
+
+func (c *Consumer) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func (c *Consumer) report(e Event) {
+	if c.cfg.Observer == nil {
+		return
+	}
+	e.Stream, e.Group, e.Consumer = c.cfg.Stream, c.cfg.Group, c.cfg.Consumer
+	c.cfg.Observer.Observe(e)
+}

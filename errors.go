@@ -1,0 +1,72 @@
+package streamtx
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Each commit-script return code has one.
+var (
+	// ErrNotOwned is reported (to the Observer) when a commit or dead-letter
+	// move was refused because an entry is no longer pending for this
+	// consumer with the delivery count it was read with: it was committed
+	// already (a lost reply), claimed by another consumer, or re-delivered
+	// to a second process with the same name. The transaction is dropped and
+	// the state reloaded.
+	ErrNotOwned = errors.New("streamtx: entry not owned by this consumer")
+
+	// ErrVersionConflict is reported when a state record changed in Redis
+	// since the handler read it (another consumer committed, or a failover
+	// lost commits). The consumer reloads the state and runs the handlers
+	// again.
+	ErrVersionConflict = errors.New("streamtx: state version conflict")
+
+	// ErrWrongType is reported when a publish target (or the dead-letter
+	// stream) exists and is not a stream. Nothing of the commit is written;
+	// the entries that published there fail permanently.
+	ErrWrongType = errors.New("streamtx: publish target is not a stream")
+
+	// ErrCrossSlot is returned by tx.Publish on a Redis Cluster client for a
+	// target in another hash slot than the source stream.
+	ErrCrossSlot = errors.New("streamtx: publish target is in another cluster slot")
+
+	// ErrConfig is wrapped by every NewConsumer error about the Config; the
+	// message names the field.
+	ErrConfig = errors.New("streamtx: invalid config")
+
+	// ErrRunning is returned by Run when the consumer is already running.
+	ErrRunning = errors.New("streamtx: consumer is already running")
+)
+
+// Permanent marks err as permanent: the entry is dead-lettered at once
+// instead of being retried. Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err}
+}
+
+// IsPermanent reports whether err, or an error it wraps, was marked with
+// Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return "permanent: " + e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// PanicError is the error a handler's panic is turned into.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("streamtx: handler panic: %v", e.Value) }
+
+func configErr(field, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,95 @@
+package streamtx
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	"github.com/streamtx/streamtx/state"
+	"github.com/streamtx/streamtx/txn"
+)
+
+// Message is one stream entry delivered to a handler.
+//
+// Values holds the entry's fields as strings, exactly as Redis stores them
+// (Redis stream values are byte strings; a field repeated in the entry keeps
+// its last value). The handler must not keep Values after it returns.
+type Message struct {
+	Stream     string
+	ID         string
+	Values     map[string]string
+	Deliveries int64 // 1 on the first delivery; more after retries, claims and restarts
+}
+
+// Handler processes one entry. Everything it does through tx — state changes
+// and publishes — is committed atomically with the entry's acknowledgement, or
+// not at all. Returning an error (or panicking) drops tx; the entry is retried
+// after a backoff, and dead-lettered after Config.MaxDeliveries or at once for
+// a Permanent error.
+//
+// A handler may run more than once for one entry (a retry, a version conflict
+// with another consumer, a commit whose reply was lost): its effects through
+// tx still apply once, but side effects outside Redis run at least once. Use
+// tx.IdempotencyKey() to make them idempotent.
+type Handler interface {
+	Handle(ctx context.Context, msg *Message, tx *txn.Tx) error
+}
+
+// HandlerFunc adapts a function to the Handler interface.
+type HandlerFunc func(ctx context.Context, msg *Message, tx *txn.Tx) error
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, msg *Message, tx *txn.Tx) error {
+	return f(ctx, msg, tx)
+}
+
+// Middleware wraps a Handler, for logging, tracing or metrics.
+type Middleware func(Handler) Handler
+
+// StateFunc is a handler of typed state: state points at the value left by
+// the last committed entry (the zero value at first). Changes to *state are
+// committed with the entry, or rolled back if the function fails.
+type StateFunc[S any] func(ctx context.Context, msg *Message, state *S, tx *txn.Tx) error
+
+// Stateful returns a Handler with one state value of type S per (stream,
+// group, name), stored as msgpack. The same name on two streams, or for two
+// groups, gives two independent values.
+//
+// Consumers of one group share the value: their commits are serialised by
+// the record's version, so concurrent updates are re-run, never lost.
+func Stateful[S any](name string, fn StateFunc[S]) Handler {
+	return &stateHandler[S]{name: name, fn: fn}
+}
+
+// Keyed returns a Handler with one state value of type S per (stream, group,
+// name, key(msg)), for example one per SKU. Entries with different keys touch
+// different records, so consumers of one group rarely contend.
+func Keyed[S any](name string, key func(*Message) string, fn StateFunc[S]) Handler {
+	return &stateHandler[S]{name: name, key: key, fn: fn}
+}
+
+type stateHandler[S any] struct {
+	name  string
+	key   func(*Message) string
+	fn    StateFunc[S]
+	codec state.Codec[S]
+}
+
+func (h *stateHandler[S]) Handle(ctx context.Context, msg *Message, tx *txn.Tx) error {
+	var k string
+	if h.key != nil {
+		k = h.key(msg)
+	}
+	v, err := tx.State(ctx, h.name, k, h.key != nil, h.codec)
+	if err != nil {
+		return err
+	}
+	return h.fn(ctx, msg, v.(*S), tx)
+}
+
+func (h *stateHandler[S]) validate() error {
+	if h.fn == nil {
+		return errors.New("streamtx: Stateful/Keyed " + strconv.Quote(h.name) + ": nil function")
+	}
+	return nil
+}

@@ -1,0 +1,245 @@
+// Package rdb runs streamtx's Lua scripts and parses their replies. Replies
+// come from Redis and are parsed defensively: a malformed reply is an error,
+// never a panic.
+package rdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/streamtx/streamtx/lua"
+	"github.com/streamtx/streamtx/txn"
+)
+
+// Return codes shared by the scripts (see the headers in lua/).
+const (
+	CodeOK          = 0
+	CodeNotOwned    = 1
+	CodeConflict    = 2
+	CodeWrongType   = 3
+	maxReplyEntries = 1 << 20
+)
+
+// Scripts holds the scripts, each wrapped once.
+type Scripts struct {
+	Commit     *redis.Script
+	Claim      *redis.Script
+	DeadLetter *redis.Script
+}
+
+// NewScripts wraps the embedded scripts.
+func NewScripts() *Scripts {
+	return &Scripts{
+		Commit:     redis.NewScript(lua.Commit),
+		Claim:      redis.NewScript(lua.Claim),
+		DeadLetter: redis.NewScript(lua.DeadLetter),
+	}
+}
+
+// Entry is one claimed stream entry.
+type Entry struct {
+	ID         string
+	Deliveries int64
+	Values     map[string]string
+}
+
+// Commit is the input of commit.lua.
+type Commit struct {
+	Stream, Offsets string
+	Group, Consumer string
+	IDs             []string
+	Deliveries      []int64
+	States          []txn.Write
+	Publishes       []txn.Publish
+	// Targets lists the distinct publish streams; PubTarget[i] is the index
+	// into Targets of Publishes[i]. Filled by Build.
+	Targets   []string
+	PubTarget []int
+}
+
+// Build returns the KEYS and ARGV of the commit.
+func (c *Commit) Build() (keys []string, args []any) {
+	c.Targets, c.PubTarget = c.Targets[:0], c.PubTarget[:0]
+	idx := make(map[string]int, 4)
+	for _, p := range c.Publishes {
+		t, ok := idx[p.Stream]
+		if !ok {
+			t = len(c.Targets)
+			idx[p.Stream] = t
+			c.Targets = append(c.Targets, p.Stream)
+		}
+		c.PubTarget = append(c.PubTarget, t)
+	}
+	keys = make([]string, 0, 2+len(c.States)+len(c.Targets))
+	keys = append(keys, c.Stream, c.Offsets)
+	for _, s := range c.States {
+		keys = append(keys, s.Key)
+	}
+	keys = append(keys, c.Targets...)
+
+	n := 6 + 2*len(c.IDs) + 3*len(c.States)
+	for _, p := range c.Publishes {
+		n += 2 + len(p.Fields)
+	}
+	args = make([]any, 0, n)
+	offset := ""
+	for _, id := range c.IDs {
+		if offset == "" || IDLess(offset, id) {
+			offset = id
+		}
+	}
+	args = append(args, c.Group, c.Consumer, len(c.IDs), len(c.States), len(c.Publishes), offset)
+	for i, id := range c.IDs {
+		args = append(args, id, c.Deliveries[i])
+	}
+	for _, s := range c.States {
+		args = append(args, s.Version, s.Data, s.LastID)
+	}
+	for i, p := range c.Publishes {
+		args = append(args, c.PubTarget[i]+1, len(p.Fields)/2)
+		for _, f := range p.Fields {
+			args = append(args, f)
+		}
+	}
+	return keys, args
+}
+
+// Result is a script's status reply: a code and, for refusals, the 0-based
+// indexes it names.
+type Result struct {
+	Code  int
+	Index []int
+	// ID is the dead-letter entry ID, for deadletter.lua.
+	ID string
+}
+
+// ParseResult parses a {code, i, …} reply. Indexes are turned 0-based.
+func ParseResult(v any) (Result, error) {
+	a, ok := v.([]any)
+	if !ok || len(a) == 0 {
+		return Result{}, fmt.Errorf("rdb: unexpected script reply %T", v)
+	}
+	code, ok := a[0].(int64)
+	if !ok || code < 0 || code > CodeWrongType {
+		return Result{}, fmt.Errorf("rdb: unexpected script code %v", a[0])
+	}
+	r := Result{Code: int(code)}
+	if code == CodeOK {
+		if len(a) > 1 {
+			if s, ok := a[1].(string); ok {
+				r.ID = s
+			}
+		}
+		return r, nil
+	}
+	for _, x := range a[1:] {
+		i, ok := x.(int64)
+		if !ok || i < 1 || i > maxReplyEntries {
+			return Result{}, fmt.Errorf("rdb: unexpected index %v in script reply", x)
+		}
+		r.Index = append(r.Index, int(i-1))
+	}
+	return r, nil
+}
+
+// ParseClaim parses claim.lua's {next, entries, deleted} reply.
+func ParseClaim(v any) (next string, entries []Entry, deleted []string, err error) {
+	a, ok := v.([]any)
+	if !ok || len(a) != 3 {
+		return "", nil, nil, fmt.Errorf("rdb: unexpected claim reply %T", v)
+	}
+	if next, ok = a[0].(string); !ok {
+		return "", nil, nil, fmt.Errorf("rdb: unexpected claim cursor %T", a[0])
+	}
+	es, ok1 := a[1].([]any)
+	ds, ok2 := a[2].([]any)
+	if !ok1 || !ok2 {
+		return "", nil, nil, errors.New("rdb: unexpected claim reply shape")
+	}
+	for _, e := range es {
+		en, err := parseEntry(e)
+		if err != nil {
+			return "", nil, nil, err
+		}
+		entries = append(entries, en)
+	}
+	for _, d := range ds {
+		s, ok := d.(string)
+		if !ok {
+			return "", nil, nil, fmt.Errorf("rdb: unexpected deleted ID %T", d)
+		}
+		deleted = append(deleted, s)
+	}
+	return next, entries, deleted, nil
+}
+
+func parseEntry(v any) (Entry, error) {
+	a, ok := v.([]any)
+	if !ok || len(a) != 3 {
+		return Entry{}, fmt.Errorf("rdb: unexpected claimed entry %T", v)
+	}
+	id, ok1 := a[0].(string)
+	n, ok2 := a[1].(int64)
+	fs, ok3 := a[2].([]any)
+	if !ok1 || !ok2 || !ok3 || len(fs)%2 != 0 {
+		return Entry{}, errors.New("rdb: malformed claimed entry")
+	}
+	vals, err := Values(fs)
+	if err != nil {
+		return Entry{}, fmt.Errorf("rdb: entry %s: %w", id, err)
+	}
+	return Entry{ID: id, Deliveries: n, Values: vals}, nil
+}
+
+// Values turns a flat field/value reply into a map (a repeated field keeps
+// its last value).
+func Values(fs []any) (map[string]string, error) {
+	if len(fs)%2 != 0 {
+		return nil, errors.New("odd number of field/value items")
+	}
+	m := make(map[string]string, len(fs)/2)
+	for i := 0; i < len(fs); i += 2 {
+		k, ok1 := fs[i].(string)
+		v, ok2 := fs[i+1].(string)
+		if !ok1 || !ok2 {
+			return nil, errors.New("non-string field or value")
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+// IDLess reports whether stream ID a sorts before b. Malformed IDs sort
+// first.
+func IDLess(a, b string) bool {
+	am, as, aok := splitID(a)
+	bm, bs, bok := splitID(b)
+	if !aok || !bok {
+		return !aok && bok
+	}
+	if am != bm {
+		return am < bm
+	}
+	return as < bs
+}
+
+func splitID(id string) (ms, seq uint64, ok bool) {
+	for i := 0; i < len(id); i++ {
+		if id[i] == '-' {
+			m, err1 := strconv.ParseUint(id[:i], 10, 64)
+			s, err2 := strconv.ParseUint(id[i+1:], 10, 64)
+			return m, s, err1 == nil && err2 == nil
+		}
+	}
+	m, err := strconv.ParseUint(id, 10, 64)
+	return m, 0, err == nil
+}
+
+// Run runs script and returns its raw reply.
+func Run(ctx context.Context, c redis.Scripter, s *redis.Script, keys []string, args ...any) (any, error) {
+	return s.Run(ctx, c, keys, args...).Result()
+}

@@ -1,0 +1,109 @@
+-- commit.lua: commit the effects of a batch of handled entries atomically.
+--
+-- KEYS[1]              -> source stream
+-- KEYS[2]              -> offsets hash (field = consumer, value = highest committed ID)
+-- KEYS[3 .. 2+ns]      -> state records (hashes: d = data, v = version, id = last entry ID)
+-- KEYS[3+ns .. ]       -> publish target streams
+--
+-- ARGV[1]              -> group
+-- ARGV[2]              -> consumer
+-- ARGV[3]              -> ne, number of entries
+-- ARGV[4]              -> ns, number of state records
+-- ARGV[5]              -> np, number of publishes
+-- ARGV[6]              -> highest entry ID of the batch (the new committed offset)
+-- then ne pairs        -> entry ID, delivery count seen at delivery
+-- then ns triples      -> version read by the handler (0 = absent), data, last entry ID
+-- then np publishes    -> target index t (KEYS[2+ns+t]), field count n, n field/value pairs
+--
+-- Returns one of:
+--   {0}                    committed
+--   {1, i, ...}            NOT_OWNED: entries i are not pending for this consumer
+--                          with the delivery count seen (acked already, claimed, or
+--                          re-delivered since)
+--   {2, i, ...}            VERSION_CONFLICT: state records i have another version
+--   {3, t, ...}            WRONG_TYPE: publish targets t exist and are not streams
+-- Nothing is written unless the reply is {0}: every check runs before any write.
+
+local group, consumer = ARGV[1], ARGV[2]
+local ne, ns, np = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local offset = ARGV[6]
+local a = 7
+
+-- Phase 1: checks. No write may come before the last one.
+local ids = {}
+local bad = {}
+for i = 1, ne do
+  local id, count = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  ids[i] = id
+  local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
+  local row = p[1]
+  if not row or row[2] ~= consumer or tonumber(row[4]) ~= count then
+    bad[#bad + 1] = i
+  end
+end
+if #bad > 0 then
+  return {1, unpack(bad)}
+end
+
+local stateArg = a
+for i = 1, ns do
+  local v = redis.call('HGET', KEYS[2 + i], 'v')
+  if (tonumber(v) or 0) ~= tonumber(ARGV[a]) then
+    bad[#bad + 1] = i
+  end
+  a = a + 3
+end
+if #bad > 0 then
+  return {2, unpack(bad)}
+end
+
+local nt = #KEYS - 2 - ns
+for t = 1, nt do
+  local ty = redis.call('TYPE', KEYS[2 + ns + t])
+  ty = ty.ok or ty
+  if ty ~= 'stream' and ty ~= 'none' then
+    bad[#bad + 1] = t
+  end
+end
+if #bad > 0 then
+  return {3, unpack(bad)}
+end
+
+-- Phase 2: writes.
+a = stateArg
+for i = 1, ns do
+  redis.call('HSET', KEYS[2 + i], 'd', ARGV[a + 1], 'v', tonumber(ARGV[a]) + 1, 'id', ARGV[a + 2])
+  a = a + 3
+end
+
+for _ = 1, np do
+  local t, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local args = {'XADD', KEYS[2 + ns + t], '*'}
+  for j = 0, 2 * n - 1 do
+    args[#args + 1] = ARGV[a + j]
+  end
+  a = a + 2 * n
+  redis.call(unpack(args))
+end
+
+-- The committed offset only moves forward: compare IDs as ms-seq integers.
+local function less(x, y)
+  local xm, xs = string.match(x, '^(%d+)-(%d+)$')
+  local ym, ys = string.match(y, '^(%d+)-(%d+)$')
+  if not xm or not ym then return false end
+  if #xm ~= #ym then return #xm < #ym end
+  if xm ~= ym then return xm < ym end
+  if #xs ~= #ys then return #xs < #ys end
+  return xs < ys
+end
+local prev = redis.call('HGET', KEYS[2], consumer)
+if not prev or less(prev, offset) then
+  redis.call('HSET', KEYS[2], consumer, offset)
+end
+
+if ne > 0 then
+  redis.call('XACK', KEYS[1], group, unpack(ids))
+end
+return {0}

@@ -1,0 +1,151 @@
+package txn
+
+import (
+	"context"
+	"fmt"
+)
+
+// Codec turns a state value into bytes and back. Values are pointers to the
+// handler's state type; Decode of nil bytes returns the zero value.
+type Codec interface {
+	Decode(b []byte) (any, error)
+	Encode(v any) ([]byte, error)
+}
+
+// Record is a state record as stored in Redis.
+type Record struct {
+	Data    []byte // encoded value; nil when the record does not exist
+	Version int64  // 0 when the record does not exist
+	LastID  string // ID of the last entry applied to it
+}
+
+// Loader reads the state record stored at a Redis key.
+type Loader func(ctx context.Context, key string) (Record, error)
+
+// Namer maps a state name (and, for keyed state, an entity key) to a Redis key.
+type Namer func(name, key string, keyed bool) string
+
+// States is a consumer's cache of state records: what Redis holds at a known
+// version, plus the changes of handled but not yet committed entries. It is
+// not safe for concurrent use.
+type States struct {
+	load  Loader
+	name  Namer
+	slots map[string]*Slot
+	max   int
+}
+
+// NewStates returns an empty cache that loads through load and names keys
+// with name. It keeps at most max clean records between batches (0: 10,000).
+func NewStates(load Loader, name Namer, max int) *States {
+	if max <= 0 {
+		max = 10000
+	}
+	return &States{load: load, name: name, slots: make(map[string]*Slot), max: max}
+}
+
+// Slot is the working copy of one state record.
+type Slot struct {
+	Key     string
+	version int64  // version in Redis this copy is based on
+	blob    []byte // data after the last successful transaction
+	lastID  string
+	value   any    // decoded working value; nil: decode blob when needed
+	pending []byte // encoded during Seal, before it is applied
+	dirty   bool
+	codec   Codec
+}
+
+func (s *Slot) working() (any, error) {
+	if s.value != nil {
+		return s.value, nil
+	}
+	v, err := s.codec.Decode(s.blob)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %q (version %d): %w", ErrStateDecode, s.Key, s.version, err)
+	}
+	s.value = v
+	return v, nil
+}
+
+func (st *States) slot(ctx context.Context, name, key string, keyed bool, codec Codec) (*Slot, error) {
+	k := st.name(name, key, keyed)
+	if s, ok := st.slots[k]; ok {
+		s.codec = codec
+		return s, nil
+	}
+	rec, err := st.load(ctx, k)
+	if err != nil {
+		return nil, fmt.Errorf("txn: load state %q: %w", k, err)
+	}
+	s := &Slot{Key: k, version: rec.Version, blob: rec.Data, lastID: rec.LastID, codec: codec}
+	st.slots[k] = s
+	return s, nil
+}
+
+// Write is one state record to write in a commit.
+type Write struct {
+	Key     string
+	Version int64 // the version the changes were based on (the script checks it)
+	Data    []byte
+	LastID  string
+}
+
+// Dirty returns the records changed since the last commit, in a stable order
+// for one batch (the order they were first changed is not kept; callers that
+// need determinism sort).
+func (st *States) Dirty() []Write {
+	var w []Write
+	for _, s := range st.slots {
+		if s.dirty {
+			w = append(w, Write{Key: s.Key, Version: s.version, Data: s.blob, LastID: s.lastID})
+		}
+	}
+	return w
+}
+
+// Committed records that the dirty records were written: each is now at
+// version+1 in Redis.
+func (st *States) Committed() {
+	for _, s := range st.slots {
+		if s.dirty {
+			s.version++
+			s.dirty = false
+		}
+	}
+	st.trim()
+}
+
+// Discard forgets every record with uncommitted changes, so that the next
+// access reloads it from Redis. Call it when a commit was refused or its
+// outcome is unknown.
+func (st *States) Discard() {
+	for k, s := range st.slots {
+		if s.dirty {
+			delete(st.slots, k)
+		}
+	}
+}
+
+// Forget drops the record at key from the cache.
+func (st *States) Forget(key string) { delete(st.slots, key) }
+
+// Reset forgets every record.
+func (st *States) Reset() { clear(st.slots) }
+
+// Len returns the number of cached records.
+func (st *States) Len() int { return len(st.slots) }
+
+func (st *States) trim() {
+	if len(st.slots) <= st.max {
+		return
+	}
+	for k, s := range st.slots {
+		if len(st.slots) <= st.max/2 {
+			return
+		}
+		if !s.dirty {
+			delete(st.slots, k)
+		}
+	}
+}

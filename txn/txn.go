@@ -1,0 +1,224 @@
+// Package txn is the transaction buffer a handler works in.
+//
+// A Tx collects everything a handler does for one entry — state changes and
+// publishes — and nothing of it reaches Redis unless the consumer commits it.
+// When the handler fails, the consumer rolls the Tx back: state is as it was
+// before the handler ran and the publishes are discarded.
+//
+// A Tx belongs to one handler call and is not safe for concurrent use.
+package txn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+)
+
+// ErrBadPublish is returned by Publish for a publish that can never commit: an
+// empty stream name, no values, a value of an unsupported type, or a target
+// the consumer refuses (another Redis Cluster slot). The consumer treats a
+// handler whose publish failed as failed with a permanent error.
+var ErrBadPublish = errors.New("txn: bad publish")
+
+// ErrStateDecode is returned when a stored state record does not decode into
+// the handler's state type. The error names the key.
+var ErrStateDecode = errors.New("txn: state record does not decode")
+
+// Publish is one buffered XADD.
+type Publish struct {
+	Stream string
+	Fields []string // field, value, field, value, …
+}
+
+// Tx is the transaction of one handler call for one entry.
+type Tx struct {
+	entryID string
+	env     *Env
+	pubs    []Publish
+	touched []*Slot
+	err     error
+}
+
+// Env is what a consumer lends its transactions: the state cache and the
+// publish policy. A nil Env gives a Tx without state (Publish still works).
+type Env struct {
+	// States caches state records; required for Tx.State.
+	States *States
+	// CheckTarget, when set, vets every publish target before it is buffered.
+	CheckTarget func(stream string) error
+	// IdempotencyPrefix is put before the entry ID to make IdempotencyKey;
+	// the consumer sets it to identify the stream and group.
+	IdempotencyPrefix string
+}
+
+// New returns the transaction for the entry with the given ID.
+func New(env *Env, entryID string) *Tx {
+	return &Tx{entryID: entryID, env: env}
+}
+
+// EntryID returns the ID of the entry being handled.
+func (tx *Tx) EntryID() string { return tx.entryID }
+
+// IdempotencyKey returns a key that is the same on every delivery of this
+// entry to this group and different for every other entry or group. Use it to
+// make side effects outside Redis idempotent: those run at least once.
+func (tx *Tx) IdempotencyKey() string {
+	if tx.env == nil {
+		return tx.entryID
+	}
+	return tx.env.IdempotencyPrefix + tx.entryID
+}
+
+// Publish buffers an XADD of values to stream. It is appended only if the
+// transaction commits, in the same script as the state and the
+// acknowledgement. Values may be strings, []byte, booleans, integers, floats,
+// or fmt.Stringer; fields are written in sorted order.
+//
+// It returns an error wrapping ErrBadPublish when the publish can never
+// commit; the error also sticks to the Tx, so a handler that ignores it still
+// fails.
+func (tx *Tx) Publish(stream string, values map[string]any) error {
+	if err := tx.publish(stream, values); err != nil {
+		if tx.err == nil {
+			tx.err = err
+		}
+		return err
+	}
+	return nil
+}
+
+func (tx *Tx) publish(stream string, values map[string]any) error {
+	if stream == "" {
+		return fmt.Errorf("%w: empty stream name", ErrBadPublish)
+	}
+	if len(values) == 0 {
+		return fmt.Errorf("%w: to %q: no values", ErrBadPublish, stream)
+	}
+	if tx.env != nil && tx.env.CheckTarget != nil {
+		if err := tx.env.CheckTarget(stream); err != nil {
+			return fmt.Errorf("%w: to %q: %w", ErrBadPublish, stream, err)
+		}
+	}
+	names := make([]string, 0, len(values))
+	for k := range values {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	kv := make([]string, 0, 2*len(names))
+	for _, k := range names {
+		v, err := format(values[k])
+		if err != nil {
+			return fmt.Errorf("%w: to %q: field %q: %w", ErrBadPublish, stream, k, err)
+		}
+		kv = append(kv, k, v)
+	}
+	tx.pubs = append(tx.pubs, Publish{Stream: stream, Fields: kv})
+	return nil
+}
+
+func format(v any) (string, error) {
+	switch x := v.(type) {
+	case string:
+		return x, nil
+	case []byte:
+		return string(x), nil
+	case bool:
+		return strconv.FormatBool(x), nil
+	case int:
+		return strconv.Itoa(x), nil
+	case int8:
+		return strconv.FormatInt(int64(x), 10), nil
+	case int16:
+		return strconv.FormatInt(int64(x), 10), nil
+	case int32:
+		return strconv.FormatInt(int64(x), 10), nil
+	case int64:
+		return strconv.FormatInt(x, 10), nil
+	case uint:
+		return strconv.FormatUint(uint64(x), 10), nil
+	case uint8:
+		return strconv.FormatUint(uint64(x), 10), nil
+	case uint16:
+		return strconv.FormatUint(uint64(x), 10), nil
+	case uint32:
+		return strconv.FormatUint(uint64(x), 10), nil
+	case uint64:
+		return strconv.FormatUint(x, 10), nil
+	case float32:
+		return strconv.FormatFloat(float64(x), 'g', -1, 32), nil
+	case float64:
+		return strconv.FormatFloat(x, 'g', -1, 64), nil
+	case fmt.Stringer:
+		return x.String(), nil
+	case nil:
+		return "", errors.New("nil value")
+	default:
+		return "", fmt.Errorf("unsupported type %T", v)
+	}
+}
+
+// Publishes returns the buffered publishes, in the order they were made.
+func (tx *Tx) Publishes() []Publish { return tx.pubs }
+
+// Err returns the first error Publish returned, if any.
+func (tx *Tx) Err() error { return tx.err }
+
+// State returns the working value of the state record (name, key), loading
+// it through the Env's States when it is not cached. The value is the one
+// left by the last successful transaction; changes made to it become part of
+// this transaction. Stateful and Keyed call it for you.
+func (tx *Tx) State(ctx context.Context, name, key string, keyed bool, codec Codec) (any, error) {
+	if tx.env == nil || tx.env.States == nil {
+		return nil, errors.New("txn: this transaction has no state store")
+	}
+	s, err := tx.env.States.slot(ctx, name, key, keyed, codec)
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.working()
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range tx.touched {
+		if t == s {
+			return v, nil
+		}
+	}
+	tx.touched = append(tx.touched, s)
+	return v, nil
+}
+
+// Seal ends a successful handler call: it encodes every state record the
+// transaction touched, once, and marks it to be written with this entry as
+// its last entry. A Seal error (a value that does not encode) means the
+// transaction failed; the caller must then call Rollback.
+func (tx *Tx) Seal() error {
+	if tx.err != nil {
+		return tx.err
+	}
+	for _, s := range tx.touched {
+		b, err := s.codec.Encode(s.value)
+		if err != nil {
+			return fmt.Errorf("txn: encode state %q: %w", s.Key, err)
+		}
+		s.pending = b
+	}
+	for _, s := range tx.touched {
+		s.blob, s.pending = s.pending, nil
+		s.lastID = tx.entryID
+		s.dirty = true
+	}
+	return nil
+}
+
+// Rollback undoes a failed handler call: every state record it touched goes
+// back to its value before the call, and the publishes are discarded.
+func (tx *Tx) Rollback() {
+	for _, s := range tx.touched {
+		s.value, s.pending = nil, nil
+	}
+	tx.touched = nil
+	tx.pubs = nil
+}
