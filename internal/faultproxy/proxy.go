@@ -125,7 +125,8 @@ func (p *Proxy) DropReply(substr string, n int) {
 	p.drops = append(p.drops, &drop{substr: bytes.ToLower([]byte(substr)), n: n})
 }
 
-// Fired returns how many replies have been lost so far.
+// Fired returns how many replies have been lost so far. A loss is counted
+// before its client sees the connection close.
 func (p *Proxy) Fired() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -218,10 +219,12 @@ func (p *Proxy) downstream(l *link) {
 		n, err := l.server.Read(buf)
 		if n > 0 {
 			if l.dropping.Load() {
-				p.remove(l)
+				// Count the loss before the client can see it, and notify
+				// once the connection is closed.
 				p.mu.Lock()
 				p.nFired++
 				p.mu.Unlock()
+				p.remove(l)
 				select {
 				case p.fired <- struct{}{}:
 				default:
