@@ -1,0 +1,63 @@
+// Package streamtx is a transactional, exactly-once consumer framework on
+// Redis Streams.
+//
+// A Consumer reads a stream through a consumer group and calls a Handler for
+// every entry. The handler works inside a transaction (txn.Tx): it may change
+// typed state and publish entries to other streams, and none of it reaches
+// Redis until streamtx commits — the state records, the publishes, the
+// consumer's committed offset and the XACK — in one Lua script. A crash,
+// restart, retry, duplicate process or failover never applies an entry's
+// effects twice, and a failed handler publishes nothing.
+//
+// # Handlers and state
+//
+// A Handler is any type with Handle(ctx, msg, tx). HandlerFunc adapts a
+// function. Stateful gives the handler one typed value per (stream, group,
+// name); Keyed gives one per entity key taken from the entry. State is
+// encoded with msgpack (never a format that can run code) and versioned: a
+// commit only succeeds if every record it writes still has the version the
+// handler read, so consumers sharing a record never lose an update.
+//
+// # The commit
+//
+// The commit script first checks, writing nothing: every entry is still
+// pending for this consumer with the delivery count it was read with; every
+// state record has the version read; every publish target is a stream or
+// absent. Only then does it write. A refusal maps to ErrNotOwned (the
+// transaction is dropped), ErrVersionConflict (state is reloaded and the
+// handlers run again) or ErrWrongType (the entry is dead-lettered). A reply
+// lost on the network is retried with the same arguments: if the first
+// attempt ran, the retry is refused as not owned.
+//
+// # Batches
+//
+// A consumer reads up to Config.BatchSize entries, runs the handler on each in
+// its own transaction, and commits all successful ones in one script. A
+// failing entry drops only its own effects.
+//
+// # Failures
+//
+// A handler error or panic rolls back its transaction; the entry stays
+// pending and is retried after Config.Backoff, while other entries flow. After
+// Config.MaxDeliveries, or at once for an error wrapped with Permanent, the
+// entry moves to the dead-letter stream in one script. Entries idle longer
+// than Config.ClaimIdle at another consumer are claimed; the old owner's late
+// commit is then refused.
+//
+// # Exactly once, and its limits
+//
+// Effects inside Redis — state, publishes, acknowledgement — happen exactly
+// once, as one unit, within one Redis (and, on a cluster, one hash slot).
+// Side effects outside Redis (an HTTP call, an email) happen at least once:
+// a handler may run more than once for an entry. Use Tx.IdempotencyKey to make
+// them idempotent. Durability is Redis's: a commit acknowledged by a server
+// that then loses it (no AOF, a failover to a lagging replica) is lost as a
+// whole, and the entry is delivered again.
+//
+// # Lifecycle
+//
+// Run blocks until its context is cancelled, then stops reading, lets the
+// handler in hand finish (up to Config.ShutdownTimeout), commits, and returns
+// with no goroutine left. Ready is closed once the group exists. Events go
+// to Config.Observer and logs to Config.Logger.
+package streamtx
