@@ -179,7 +179,10 @@ func retryable(err error) bool {
 // Dead-letter entries carry metadata in fields named "stx.<name>". An
 // original field that starts with "stx." is stored with one more "stx."
 // before it, and loses it again on replay.
-const metaPrefix = "stx."
+const (
+	metaPrefix       = "stx."
+	replayGroupField = "stx.replay.group"
+)
 
 func escapeField(f string) string {
 	if strings.HasPrefix(f, metaPrefix) {

@@ -312,7 +312,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		hcancel()
 	}()
 
-	if err := c.start(ctx); err != nil {
+	if err := c.start(ctx); err != nil || ctx.Err() != nil {
 		return err
 	}
 	c.readyOnce.Do(func() { close(c.ready) })
@@ -425,6 +425,9 @@ func (c *Consumer) read(ctx context.Context, now time.Time) ([]*Message, error) 
 			c.log.Warn("streamtx: group or stream vanished; creating it again")
 			return nil, c.ensureGroup(ctx)
 		}
+		// Redis may have delivered entries whose reply was lost: they are
+		// pending for this consumer, so look there before reading on.
+		c.recoverOwn, c.ownCursor = true, "0"
 		return nil, fmt.Errorf("streamtx: read %q: %w", c.cfg.Stream, err)
 	}
 	var msgs []*Message
@@ -515,6 +518,8 @@ func (c *Consumer) claimIdle(ctx context.Context) ([]*Message, error) {
 }
 
 func (c *Consumer) claimErr(ctx context.Context, err error) error {
+	// A claim whose reply was lost may have moved entries to this consumer.
+	c.recoverOwn, c.ownCursor = true, "0"
 	if strings.HasPrefix(err.Error(), "NOGROUP") {
 		c.log.Warn("streamtx: group or stream vanished; creating it again")
 		return c.ensureGroup(ctx)
@@ -595,6 +600,11 @@ func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 	for _, m := range msgs {
 		delete(c.retries, m.ID)
 		tx := txn.New(c.env, m.ID)
+		if g, ok := m.Values[replayGroupField]; ok && g != c.cfg.Group {
+			// Replayed for another group: acknowledge, do not handle.
+			items = append(items, item{m, tx})
+			continue
+		}
 		err := c.call(hctx, m, tx)
 		if err == nil {
 			err = tx.Seal()

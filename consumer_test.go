@@ -67,6 +67,23 @@ func TestNewConsumerRejectsBadConfigNamingTheField(t *testing.T) {
 	require.ErrorIs(t, err, streamtx.ErrConfig)
 	_, err = streamtx.NewConsumer(rdb, ok, streamtx.Stateful[counter]("n", nil))
 	require.ErrorIs(t, err, streamtx.ErrConfig)
+	type hidden struct {
+		Shown int
+		inner struct{ n int }
+	}
+	_, err = streamtx.NewConsumer(rdb, ok, streamtx.Stateful("n", func(context.Context, *streamtx.Message, *hidden, *txn.Tx) error { return nil }))
+	require.ErrorIs(t, err, streamtx.ErrConfig)
+	require.Contains(t, err.Error(), "unexported field hidden.inner")
+	type nested struct{ M map[string][]*hidden }
+	_, err = streamtx.NewConsumer(rdb, ok, streamtx.Keyed("n", func(*streamtx.Message) string { return "" }, func(context.Context, *streamtx.Message, *nested, *txn.Tx) error { return nil }))
+	require.ErrorIs(t, err, streamtx.ErrConfig)
+	type fine struct {
+		A     int
+		B     map[string][]string
+		cache int `msgpack:"-"`
+	}
+	_, err = streamtx.NewConsumer(rdb, ok, streamtx.Stateful("n", func(context.Context, *streamtx.Message, *fine, *txn.Tx) error { return nil }))
+	require.NoError(t, err)
 
 	for _, id := range []string{"0", "$", "0-0", "1700000000000-5", "12"} {
 		cfg := ok

@@ -3,6 +3,8 @@ package streamtx
 import (
 	"context"
 	"errors"
+	"fmt"
+	"reflect"
 	"strconv"
 
 	"github.com/streamtx/streamtx/state"
@@ -90,6 +92,43 @@ func (h *stateHandler[S]) Handle(ctx context.Context, msg *Message, tx *txn.Tx) 
 func (h *stateHandler[S]) validate() error {
 	if h.fn == nil {
 		return errors.New("streamtx: Stateful/Keyed " + strconv.Quote(h.name) + ": nil function")
+	}
+	if err := checkStateType(reflect.TypeFor[S](), map[reflect.Type]bool{}); err != nil {
+		return fmt.Errorf("streamtx: Stateful/Keyed %q: state type %v: %w", h.name, reflect.TypeFor[S](), err)
+	}
+	return nil
+}
+
+// checkStateType refuses state types that msgpack cannot store faithfully:
+// an unexported field would silently reset to zero on every reload.
+func checkStateType(t reflect.Type, seen map[reflect.Type]bool) error {
+	if seen[t] {
+		return nil
+	}
+	seen[t] = true
+	switch t.Kind() {
+	case reflect.Pointer, reflect.Slice, reflect.Array:
+		return checkStateType(t.Elem(), seen)
+	case reflect.Map:
+		if err := checkStateType(t.Key(), seen); err != nil {
+			return err
+		}
+		return checkStateType(t.Elem(), seen)
+	case reflect.Func, reflect.Chan, reflect.UnsafePointer:
+		return fmt.Errorf("a %v cannot be stored", t.Kind())
+	case reflect.Struct:
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			if f.Tag.Get("msgpack") == "-" {
+				continue
+			}
+			if !f.IsExported() && !f.Anonymous {
+				return fmt.Errorf("unexported field %s.%s would not be stored (export it or tag it `msgpack:\"-\"`)", t.Name(), f.Name)
+			}
+			if err := checkStateType(f.Type, seen); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

@@ -22,3 +22,15 @@ var Claim string
 //
 //go:embed deadletter.lua
 var DeadLetter string
+
+// Replay is the source of replay.lua: move dead letters back into their
+// source stream.
+//
+//go:embed replay.lua
+var Replay string
+
+// DelConsumer is the source of delconsumer.lua: remove an idle consumer
+// that has nothing pending.
+//
+//go:embed delconsumer.lua
+var DelConsumer string

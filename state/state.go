@@ -62,6 +62,11 @@ func Decode[S any](b []byte) (v *S, err error) {
 			v, err = nil, fmt.Errorf("state: decode %T: %v", v, r)
 		}
 	}()
+	if end, err := check(b, 0, 0); err != nil {
+		return nil, fmt.Errorf("state: decode %T: %w", v, err)
+	} else if end != len(b) {
+		return nil, fmt.Errorf("state: decode %T: %d trailing bytes", v, len(b)-end)
+	}
 	r := bytes.NewReader(b)
 	dec := msgpack.NewDecoder(r)
 	if err := dec.Decode(v); err != nil {

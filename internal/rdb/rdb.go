@@ -26,17 +26,21 @@ const (
 
 // Scripts holds the scripts, each wrapped once.
 type Scripts struct {
-	Commit     *redis.Script
-	Claim      *redis.Script
-	DeadLetter *redis.Script
+	Commit      *redis.Script
+	Claim       *redis.Script
+	DeadLetter  *redis.Script
+	Replay      *redis.Script
+	DelConsumer *redis.Script
 }
 
 // NewScripts wraps the embedded scripts.
 func NewScripts() *Scripts {
 	return &Scripts{
-		Commit:     redis.NewScript(lua.Commit),
-		Claim:      redis.NewScript(lua.Claim),
-		DeadLetter: redis.NewScript(lua.DeadLetter),
+		Commit:      redis.NewScript(lua.Commit),
+		Claim:       redis.NewScript(lua.Claim),
+		DeadLetter:  redis.NewScript(lua.DeadLetter),
+		Replay:      redis.NewScript(lua.Replay),
+		DelConsumer: redis.NewScript(lua.DelConsumer),
 	}
 }
 

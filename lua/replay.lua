@@ -1,0 +1,66 @@
+-- replay.lua: move dead letters back into their source stream atomically.
+--
+-- KEYS[1] -> dead-letter stream
+-- KEYS[2] -> source stream the dead letters came from
+--
+-- ARGV[1 ..] -> dead-letter entry IDs
+--
+-- Each dead letter that exists and names KEYS[2] as its stx.stream is
+-- appended to KEYS[2] with its original fields (one "stx." taken off fields
+-- that were escaped) plus stx.replay.group (the group that dead-lettered it:
+-- other groups skip it) and stx.replay.of (its original ID), then deleted
+-- from the dead-letter stream.
+--
+-- Returns {replayed, missing, mismatched}:
+--   replayed    a list of {dead-letter ID, new source ID}
+--   missing     IDs not found in the dead-letter stream (replayed already,
+--               purged, or never there)
+--   mismatched  IDs whose stx.stream is not KEYS[2]; left untouched
+-- Fails with WRONGTYPE, writing nothing, when a key has another type.
+
+local dlq, src = KEYS[1], KEYS[2]
+for _, k in ipairs({dlq, src}) do
+  local ty = redis.call('TYPE', k)
+  ty = ty.ok or ty
+  if ty ~= 'stream' and ty ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. k .. ' is not a stream')
+  end
+end
+
+local replayed, missing, mismatched = {}, {}, {}
+for _, id in ipairs(ARGV) do
+  local r = redis.call('XRANGE', dlq, id, id)
+  local e = r[1]
+  if not e then
+    missing[#missing + 1] = id
+  else
+    local f = e[2]
+    local meta, args = {}, {'XADD', src, '*'}
+    for j = 1, #f, 2 do
+      local name = f[j]
+      if string.sub(name, 1, 4) == 'stx.' then
+        if string.sub(name, 5, 8) == 'stx.' then
+          args[#args + 1] = string.sub(name, 5)
+          args[#args + 1] = f[j + 1]
+        else
+          meta[name] = f[j + 1]
+        end
+      else
+        args[#args + 1] = name
+        args[#args + 1] = f[j + 1]
+      end
+    end
+    if meta['stx.stream'] ~= src then
+      mismatched[#mismatched + 1] = id
+    else
+      args[#args + 1] = 'stx.replay.group'
+      args[#args + 1] = meta['stx.group'] or ''
+      args[#args + 1] = 'stx.replay.of'
+      args[#args + 1] = meta['stx.id'] or ''
+      local newid = redis.call(unpack(args))
+      redis.call('XDEL', dlq, id)
+      replayed[#replayed + 1] = {id, newid}
+    end
+  end
+end
+return {replayed, missing, mismatched}
