@@ -11,6 +11,7 @@
 -- ARGV[4]              -> ns, number of state records
 -- ARGV[5]              -> np, number of publishes
 -- ARGV[6]              -> highest entry ID of the batch (the new committed offset)
+-- ARGV[7]              -> lowest entry ID of the batch
 -- then ne pairs        -> entry ID, delivery count seen at delivery
 -- then ns triples      -> version read by the handler (0 = absent), data, last entry ID
 -- then np publishes    -> target index t (KEYS[2+ns+t]), field count n, n field/value pairs
@@ -27,19 +28,36 @@
 local group, consumer = ARGV[1], ARGV[2]
 local ne, ns, np = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local offset = ARGV[6]
-local a = 7
+local a = 8
 
 -- Phase 1: checks. No write may come before the last one.
-local ids = {}
-local bad = {}
+-- Ownership: one XPENDING over the batch's ID range, filtered to this
+-- consumer, gives each entry's delivery count. Only if that reply was cut
+-- by its count limit are the entries it missed looked up one by one.
+local ids, counts = {}, {}
+local lo, hi
 for i = 1, ne do
-  local id, count = ARGV[a], tonumber(ARGV[a + 1])
+  ids[i], counts[i] = ARGV[a], tonumber(ARGV[a + 1])
   a = a + 2
-  ids[i] = id
-  local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
-  local row = p[1]
-  if not row or row[2] ~= consumer or tonumber(row[4]) ~= count then
-    bad[#bad + 1] = i
+end
+local bad = {}
+if ne > 0 then
+  local limit = ne + 64
+  local rows = redis.call('XPENDING', KEYS[1], group, ARGV[7], offset, limit, consumer)
+  local have = {}
+  for _, row in ipairs(rows) do
+    have[row[1]] = tonumber(row[4])
+  end
+  for i = 1, ne do
+    local n = have[ids[i]]
+    if n == nil and #rows >= limit then
+      local p = redis.call('XPENDING', KEYS[1], group, ids[i], ids[i], 1)
+      local row = p[1]
+      if row and row[2] == consumer then n = tonumber(row[4]) end
+    end
+    if n ~= counts[i] then
+      bad[#bad + 1] = i
+    end
   end
 end
 if #bad > 0 then
@@ -80,12 +98,8 @@ end
 for _ = 1, np do
   local t, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
-  local args = {'XADD', KEYS[2 + ns + t], '*'}
-  for j = 0, 2 * n - 1 do
-    args[#args + 1] = ARGV[a + j]
-  end
+  redis.call('XADD', KEYS[2 + ns + t], '*', unpack(ARGV, a, a + 2 * n - 1))
   a = a + 2 * n
-  redis.call(unpack(args))
 end
 
 -- The committed offset only moves forward: compare IDs as ms-seq integers.

@@ -85,18 +85,21 @@ func (c *Commit) Build() (keys []string, args []any) {
 	}
 	keys = append(keys, c.Targets...)
 
-	n := 6 + 2*len(c.IDs) + 3*len(c.States)
+	n := 7 + 2*len(c.IDs) + 3*len(c.States)
 	for _, p := range c.Publishes {
 		n += 2 + len(p.Fields)
 	}
 	args = make([]any, 0, n)
-	offset := ""
+	lo, hi := "", ""
 	for _, id := range c.IDs {
-		if offset == "" || IDLess(offset, id) {
-			offset = id
+		if hi == "" || IDLess(hi, id) {
+			hi = id
+		}
+		if lo == "" || IDLess(id, lo) {
+			lo = id
 		}
 	}
-	args = append(args, c.Group, c.Consumer, len(c.IDs), len(c.States), len(c.Publishes), offset)
+	args = append(args, c.Group, c.Consumer, len(c.IDs), len(c.States), len(c.Publishes), hi, lo)
 	for i, id := range c.IDs {
 		args = append(args, id, c.Deliveries[i])
 	}
