@@ -35,7 +35,6 @@ func (c *Consumer) commit(ctx context.Context, items []item) []*Message {
 		}
 	}
 	cm.States = c.states.Dirty()
-	sort.Slice(cm.States, func(i, j int) bool { return cm.States[i].Key < cm.States[j].Key })
 	keys, args := cm.Build()
 
 	start := time.Now()
@@ -52,7 +51,7 @@ func (c *Consumer) commit(ctx context.Context, items []item) []*Message {
 	}
 	switch res.Code {
 	case rdb.CodeOK:
-		c.states.Committed()
+		c.states.Committed(cm.States)
 		c.report(Event{Kind: EventCommit, IDs: ids, Duration: time.Since(start)})
 		return nil
 	case rdb.CodeNotOwned:

@@ -32,6 +32,7 @@ type States struct {
 	load  Loader
 	name  Namer
 	slots map[string]*Slot
+	dirty []*Slot // slots with uncommitted changes, in the order first changed
 	max   int
 }
 
@@ -52,6 +53,7 @@ type Slot struct {
 	lastID  string
 	value   any    // decoded working value; nil: decode blob when needed
 	pending []byte // encoded during Seal, before it is applied
+	gen     uint64 // incremented by every Seal that changes the slot
 	dirty   bool
 	codec   Codec
 }
@@ -89,30 +91,41 @@ type Write struct {
 	Version int64 // the version the changes were based on (the script checks it)
 	Data    []byte
 	LastID  string
+	gen     uint64
 }
 
-// Dirty returns the records changed since the last commit, in a stable order
-// for one batch (the order they were first changed is not kept; callers that
-// need determinism sort).
+// Dirty returns the records changed since the last commit, in the order
+// they were first changed.
 func (st *States) Dirty() []Write {
-	var w []Write
-	for _, s := range st.slots {
-		if s.dirty {
-			w = append(w, Write{Key: s.Key, Version: s.version, Data: s.blob, LastID: s.lastID})
-		}
+	w := make([]Write, len(st.dirty))
+	for i, s := range st.dirty {
+		w[i] = Write{Key: s.Key, Version: s.version, Data: s.blob, LastID: s.lastID, gen: s.gen}
 	}
 	return w
 }
 
-// Committed records that the dirty records were written: each is now at
-// version+1 in Redis.
-func (st *States) Committed() {
-	for _, s := range st.slots {
-		if s.dirty {
-			s.version++
+// Committed records that writes (from Dirty) were committed: each record is
+// now at its version+1 in Redis. A record changed again after Dirty stays
+// dirty, based on the new version.
+func (st *States) Committed(writes []Write) {
+	for _, w := range writes {
+		s, ok := st.slots[w.Key]
+		if !ok {
+			continue
+		}
+		s.version = w.Version + 1
+		if s.gen == w.gen {
 			s.dirty = false
 		}
 	}
+	keep := st.dirty[:0]
+	for _, s := range st.dirty {
+		if s.dirty {
+			keep = append(keep, s)
+		}
+	}
+	clear(st.dirty[len(keep):])
+	st.dirty = keep
 	st.trim()
 }
 
@@ -120,10 +133,18 @@ func (st *States) Committed() {
 // access reloads it from Redis. Call it when a commit was refused or its
 // outcome is unknown.
 func (st *States) Discard() {
-	for k, s := range st.slots {
-		if s.dirty {
-			delete(st.slots, k)
-		}
+	for _, s := range st.dirty {
+		delete(st.slots, s.Key)
+	}
+	clear(st.dirty)
+	st.dirty = st.dirty[:0]
+}
+
+func (st *States) markDirty(s *Slot) {
+	s.gen++
+	if !s.dirty {
+		s.dirty = true
+		st.dirty = append(st.dirty, s)
 	}
 }
 
@@ -131,7 +152,11 @@ func (st *States) Discard() {
 func (st *States) Forget(key string) { delete(st.slots, key) }
 
 // Reset forgets every record.
-func (st *States) Reset() { clear(st.slots) }
+func (st *States) Reset() {
+	clear(st.slots)
+	clear(st.dirty)
+	st.dirty = st.dirty[:0]
+}
 
 // Len returns the number of cached records.
 func (st *States) Len() int { return len(st.slots) }

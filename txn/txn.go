@@ -208,7 +208,7 @@ func (tx *Tx) Seal() error {
 	for _, s := range tx.touched {
 		s.blob, s.pending = s.pending, nil
 		s.lastID = tx.entryID
-		s.dirty = true
+		tx.env.States.markDirty(s)
 	}
 	return nil
 }
