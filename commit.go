@@ -14,51 +14,89 @@ import (
 	"github.com/streamtx/streamtx/internal/rdb"
 )
 
-// commit commits the handled items in one script. It returns the messages to
-// handle again (after a refusal that a re-run can fix), or nil when done.
-func (c *Consumer) commit(ctx context.Context, items []item) []*Message {
-	cm := rdb.Commit{
-		Stream:   c.cfg.Stream,
-		Offsets:  c.space.Offsets(),
-		Group:    c.cfg.Group,
-		Consumer: c.cfg.Consumer,
+// commitJob is one commit script call, run in its own goroutine.
+type commitJob struct {
+	items    []item
+	cm       rdb.Commit
+	pubOwner []int // publish index -> item index
+	start    time.Time
+	done     chan struct{}
+	res      rdb.Result
+	err      error
+}
+
+// startCommit builds the commit of the handled items and sends it. The
+// caller must settle it before building the next one.
+func (c *Consumer) startCommit(ctx context.Context, items []item) *commitJob {
+	j := &commitJob{
+		items: items,
+		cm: rdb.Commit{
+			Stream:   c.cfg.Stream,
+			Offsets:  c.space.Offsets(),
+			Group:    c.cfg.Group,
+			Consumer: c.cfg.Consumer,
+		},
+		done: make(chan struct{}),
 	}
-	var pubOwner []int // publish index -> item index
+	for i, it := range items {
+		j.cm.IDs = append(j.cm.IDs, it.msg.ID)
+		j.cm.Deliveries = append(j.cm.Deliveries, it.msg.Deliveries)
+		for _, p := range it.tx.Publishes() {
+			j.cm.Publishes = append(j.cm.Publishes, p)
+			j.pubOwner = append(j.pubOwner, i)
+		}
+	}
+	j.cm.States = c.states.Dirty()
+	keys, args, err := j.cm.Build()
+	j.start = time.Now()
+	if err != nil {
+		j.err = err
+		close(j.done)
+		return j
+	}
+	go func() {
+		defer close(j.done)
+		j.res, j.err = c.runScript(ctx, c.scripts.Commit, keys, args)
+	}()
+	return j
+}
+
+// settle waits for the commit in flight, if any, and applies its outcome.
+// It reports ok when there was none or it committed; otherwise the state
+// changes made since were discarded, and rerun lists the entries to handle
+// again.
+func (c *Consumer) settle(ctx context.Context) (rerun []*Message, ok bool) {
+	j := c.inflight
+	if j == nil {
+		return nil, true
+	}
+	c.inflight = nil
+	<-j.done
+	items := j.items
 	ids := make([]string, len(items))
 	for i, it := range items {
 		ids[i] = it.msg.ID
-		cm.IDs = append(cm.IDs, it.msg.ID)
-		cm.Deliveries = append(cm.Deliveries, it.msg.Deliveries)
-		for _, p := range it.tx.Publishes() {
-			cm.Publishes = append(cm.Publishes, p)
-			pubOwner = append(pubOwner, i)
-		}
 	}
-	cm.States = c.states.Dirty()
-	keys, args := cm.Build()
-
-	start := time.Now()
-	res, err := c.runScript(ctx, c.scripts.Commit, keys, args)
-	if err != nil {
+	if j.err != nil {
 		// The outcome is unknown: forget the state, re-scan our pending
 		// entries. What did commit is acknowledged and will not come back;
 		// what did not is handled again.
 		c.states.Discard()
 		c.recoverOwn, c.ownCursor = true, "0"
-		c.report(Event{Kind: EventError, IDs: ids, Err: err})
-		c.log.Error("streamtx: commit outcome unknown; entries stay pending and will be recovered", "err", err, "entries", len(ids))
-		return nil
+		c.report(Event{Kind: EventError, IDs: ids, Err: j.err})
+		c.log.Error("streamtx: commit outcome unknown; entries stay pending and will be recovered", "err", j.err, "entries", len(ids))
+		return nil, false
 	}
-	switch res.Code {
+	switch j.res.Code {
 	case rdb.CodeOK:
-		c.states.Committed(cm.States)
-		c.report(Event{Kind: EventCommit, IDs: ids, Duration: time.Since(start)})
-		return nil
+		c.states.Committed(j.cm.States)
+		c.report(Event{Kind: EventCommit, IDs: ids, Duration: time.Since(j.start)})
+		return nil, true
 	case rdb.CodeNotOwned:
 		c.states.Discard()
-		drop := make(map[int]bool, len(res.Index))
+		drop := make(map[int]bool, len(j.res.Index))
 		var fenced []string
-		for _, i := range res.Index {
+		for _, i := range j.res.Index {
 			if i < len(items) {
 				drop[i] = true
 				fenced = append(fenced, items[i].msg.ID)
@@ -67,28 +105,28 @@ func (c *Consumer) commit(ctx context.Context, items []item) []*Message {
 		}
 		c.report(Event{Kind: EventFenced, IDs: fenced, Err: ErrNotOwned})
 		c.log.Info("streamtx: entries no longer owned; dropped", "ids", fenced)
-		return remaining(items, drop)
+		return remaining(items, drop), false
 	case rdb.CodeConflict:
 		c.states.Discard()
 		c.report(Event{Kind: EventConflict, IDs: ids, Err: ErrVersionConflict})
-		return remaining(items, nil)
+		return remaining(items, nil), false
 	default: // rdb.CodeWrongType
 		c.states.Discard()
-		bad := make(map[string]bool, len(res.Index))
-		for _, t := range res.Index {
-			if t < len(cm.Targets) {
-				bad[cm.Targets[t]] = true
+		bad := make(map[string]bool, len(j.res.Index))
+		for _, t := range j.res.Index {
+			if t < len(j.cm.Targets) {
+				bad[j.cm.Targets[t]] = true
 			}
 		}
 		drop := make(map[int]bool)
-		for p, i := range pubOwner {
-			if bad[cm.Publishes[p].Stream] && !drop[i] {
+		for p, i := range j.pubOwner {
+			if bad[j.cm.Publishes[p].Stream] && !drop[i] {
 				drop[i] = true
-				err := Permanent(fmt.Errorf("%w: %q", ErrWrongType, cm.Publishes[p].Stream))
+				err := Permanent(fmt.Errorf("%w: %q", ErrWrongType, j.cm.Publishes[p].Stream))
 				c.deadLetter(ctx, items[i].msg, err)
 			}
 		}
-		return remaining(items, drop)
+		return remaining(items, drop), false
 	}
 }
 
@@ -155,7 +193,7 @@ func (c *Consumer) runScript(ctx context.Context, s *redis.Script, keys []string
 			return rdb.Result{}, err
 		}
 		c.log.Warn("streamtx: script reply lost; retrying", "err", err, "attempt", attempt)
-		c.sleep(ctx, backoff(attempt, 10*time.Millisecond, time.Second, c.rnd))
+		c.sleep(ctx, backoff(attempt, 10*time.Millisecond, time.Second))
 	}
 }
 

@@ -188,7 +188,7 @@ type Consumer struct {
 	ownCursor  string
 	idleCursor string
 	nextClaim  time.Time
-	rnd        *rand.Rand
+	inflight   *commitJob // the commit sent but not yet settled
 }
 
 // NewConsumer validates cfg, applies its defaults and returns a Consumer. It
@@ -236,7 +236,6 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		retries:    make(map[string]time.Time),
 		ownCursor:  "0",
 		idleCursor: "0-0",
-		rnd:        rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 	c.states = txn.NewStates(c.loadState, c.stateKey, cfg.StateCacheSize)
 	c.env = &txn.Env{
@@ -265,6 +264,9 @@ func (c *Consumer) loadState(ctx context.Context, key string) (txn.Record, error
 }
 
 func (c *Consumer) checkTarget(stream string) error {
+	if strings.HasPrefix(stream, c.space.Base()) {
+		return fmt.Errorf("%q is one of streamtx's own keys for this group", stream)
+	}
 	if c.cluster && keys.Slot(stream) != keys.Slot(c.cfg.Stream) {
 		return fmt.Errorf("%w: slot %d, source %q is in slot %d", ErrCrossSlot, keys.Slot(stream), c.cfg.Stream, keys.Slot(c.cfg.Stream))
 	}
@@ -318,6 +320,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.readyOnce.Do(func() { close(c.ready) })
 	c.recoverOwn, c.ownCursor = true, "0"
 	c.states.Reset()
+	defer c.settleAndRerun(ctx, hctx)
 	fails := 0
 	for ctx.Err() == nil {
 		if err := c.step(ctx, hctx); err != nil {
@@ -327,7 +330,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			fails++
 			c.report(Event{Kind: EventError, Err: err})
 			c.log.Warn("streamtx: consume step failed; retrying", "err", err, "attempt", fails)
-			c.sleep(ctx, backoff(int64(fails), 50*time.Millisecond, 5*time.Second, c.rnd))
+			c.sleep(ctx, backoff(int64(fails), 50*time.Millisecond, 5*time.Second))
 			continue
 		}
 		fails = 0
@@ -353,7 +356,7 @@ func (c *Consumer) start(ctx context.Context) error {
 		}
 		c.report(Event{Kind: EventError, Err: err})
 		c.log.Warn("streamtx: cannot create group; retrying", "err", err, "attempt", attempt)
-		c.sleep(ctx, backoff(attempt, 100*time.Millisecond, 5*time.Second, c.rnd))
+		c.sleep(ctx, backoff(attempt, 100*time.Millisecond, 5*time.Second))
 	}
 }
 
@@ -389,6 +392,8 @@ func (c *Consumer) step(ctx, hctx context.Context) error {
 	}
 	if len(msgs) > 0 {
 		c.process(ctx, hctx, msgs)
+	} else {
+		c.settleAndRerun(ctx, hctx)
 	}
 	return nil
 }
@@ -408,6 +413,11 @@ func (c *Consumer) read(ctx context.Context, now time.Time) ([]*Message, error) 
 	if block < time.Millisecond {
 		block = time.Millisecond
 	}
+	if c.inflight != nil {
+		// Do not wait with a commit in flight: read what is there, and
+		// settle the commit before blocking.
+		block = -1
+	}
 	// The read is not cancelled with ctx: a reply cut off mid-way would leave
 	// entries delivered but unseen. Block bounds the wait instead.
 	res, err := c.rdb.XReadGroup(context.WithoutCancel(ctx), &redis.XReadGroupArgs{
@@ -417,7 +427,7 @@ func (c *Consumer) read(ctx context.Context, now time.Time) ([]*Message, error) 
 		Count:    int64(c.cfg.BatchSize),
 		Block:    block,
 	}).Result()
-	if errors.Is(err, redis.Nil) {
+	if errors.Is(err, redis.Nil) || (err == nil && len(res) == 0) {
 		return nil, nil
 	}
 	if err != nil {
@@ -572,24 +582,55 @@ type item struct {
 	tx  *txn.Tx
 }
 
-// process runs the handler on msgs and commits the successful ones,
-// re-running them as long as the commit is refused for a reason a re-run can
-// fix.
+// process runs the handler on msgs and sends their commit, which runs
+// while the next batch is read and handled. The commit before it is settled
+// first: if it was refused, the state this batch was handled on is gone, and
+// both are handled again (synchronously).
 func (c *Consumer) process(ctx, hctx context.Context, msgs []*Message) {
+	items := c.handle(hctx, msgs)
+	if rerun, ok := c.settle(ctx); !ok {
+		c.processSync(ctx, hctx, append(rerun, messagesOf(items)...))
+		return
+	}
+	if len(items) > 0 {
+		c.inflight = c.startCommit(ctx, items)
+	}
+}
+
+// settleAndRerun settles the commit in flight and handles again what it
+// could not commit.
+func (c *Consumer) settleAndRerun(ctx, hctx context.Context) {
+	if rerun, ok := c.settle(ctx); !ok {
+		c.processSync(ctx, hctx, rerun)
+	}
+}
+
+// processSync handles and commits msgs, re-running them as long as the
+// commit is refused for a reason a re-run can fix.
+func (c *Consumer) processSync(ctx, hctx context.Context, msgs []*Message) {
 	for attempt := 1; len(msgs) > 0; attempt++ {
+		if ctx.Err() != nil && hctx.Err() != nil {
+			return
+		}
+		if attempt > 2 {
+			// Contended state: let the other consumer's commit through.
+			c.sleep(hctx, backoff(int64(attempt-2), time.Millisecond, 100*time.Millisecond))
+		}
 		items := c.handle(hctx, msgs)
 		if len(items) == 0 {
 			return
 		}
-		msgs = c.commit(ctx, items)
-		if len(msgs) > 0 && attempt > 1 {
-			// Contended state: let the other consumer's commit through.
-			c.sleep(ctx, backoff(int64(attempt-1), time.Millisecond, 100*time.Millisecond, c.rnd))
-		}
-		if ctx.Err() != nil && hctx.Err() != nil {
-			return
-		}
+		c.inflight = c.startCommit(ctx, items)
+		msgs, _ = c.settle(ctx)
 	}
+}
+
+func messagesOf(items []item) []*Message {
+	msgs := make([]*Message, len(items))
+	for i, it := range items {
+		msgs[i] = it.msg
+	}
+	return msgs
 }
 
 // handle runs the handler on every message, each in its own transaction. A
@@ -650,17 +691,17 @@ func (c *Consumer) backoff(deliveries int64) time.Duration {
 	if c.cfg.Backoff != nil {
 		return max(c.cfg.Backoff(deliveries), 0)
 	}
-	return backoff(deliveries, 100*time.Millisecond, min(10*time.Second, c.cfg.ClaimIdle/2), c.rnd)
+	return backoff(deliveries, 100*time.Millisecond, min(10*time.Second, c.cfg.ClaimIdle/2))
 }
 
 // backoff is exponential from base, capped, with ±20% jitter.
-func backoff(n int64, base, cap time.Duration, rnd *rand.Rand) time.Duration {
+func backoff(n int64, base, cap time.Duration) time.Duration {
 	d := base
 	for i := int64(1); i < n && d < cap; i++ {
 		d *= 2
 	}
 	d = min(d, cap)
-	j := time.Duration(float64(d) * 0.2 * (2*rnd.Float64() - 1))
+	j := time.Duration(float64(d) * 0.2 * (2*rand.Float64() - 1))
 	return d + j
 }
 

@@ -117,20 +117,16 @@ func TestHole2PublishToWrongTypeCommitsNothing(t *testing.T) {
 		}
 		return nil
 	})
-	var mu sync.Mutex
-	var kinds []streamtx.EventKind
+	ev := newEvents()
 	cfg := e.cfg(src, "g", "c")
 	cfg.BatchSize = 5
-	cfg.Observer = streamtx.ObserverFunc(func(ev streamtx.Event) {
-		mu.Lock()
-		kinds = append(kinds, ev.Kind)
-		mu.Unlock()
-	})
+	cfg.Observer = ev
 	c, err := streamtx.NewConsumer(e.rdb, cfg, h)
 	require.NoError(t, err)
 	stop := run(t, c)
 	e.drained(src, "g")
 	stop()
+	require.Len(t, ev.of(streamtx.EventDeadLetter), 1)
 
 	// Entry 3 is dead-lettered; the other four commit, each once.
 	e.requireExactlyOnce(out, []string{ids[0], ids[1], ids[3], ids[4]})
@@ -141,9 +137,6 @@ func TestHole2PublishToWrongTypeCommitsNothing(t *testing.T) {
 	require.Contains(t, dl[0].Values["stx.error"], "not a stream")
 	require.Equal(t, "3", dl[0].Values["i"])
 	require.Equal(t, "x", e.rdb.Get(ctx, bad).Val())
-	mu.Lock()
-	defer mu.Unlock()
-	require.Contains(t, kinds, streamtx.EventDeadLetter)
 }
 
 // Hole 3: two live processes under one consumer name must not double a
@@ -238,18 +231,12 @@ func TestHole7PoisonEntryIsDeadLetteredAndDoesNotBlock(t *testing.T) {
 	})
 	cfg := e.cfg(src, "g", "c")
 	cfg.MaxDeliveries = 3
-	var deliveries []int64
-	var mu sync.Mutex
-	cfg.Observer = streamtx.ObserverFunc(func(ev streamtx.Event) {
-		if ev.Kind == streamtx.EventRetry || ev.Kind == streamtx.EventDeadLetter {
-			mu.Lock()
-			deliveries = append(deliveries, ev.Deliveries)
-			mu.Unlock()
-		}
-	})
+	ev := newEvents()
+	cfg.Observer = ev
 	c, err := streamtx.NewConsumer(e.rdb, cfg, h)
 	require.NoError(t, err)
 	run(t, c)
+	ev.wait(t, streamtx.EventDeadLetter, nil)
 	e.drained(src, "g")
 
 	e.requireExactlyOnce(out, append(append([]string{}, ids[:3]...), ids[4:]...))
@@ -265,8 +252,10 @@ func TestHole7PoisonEntryIsDeadLetteredAndDoesNotBlock(t *testing.T) {
 	assert.Equal(t, "3", v["stx.deliveries"])
 	assert.Equal(t, "4", v["i"])
 	assert.Equal(t, "kept", v["stx.stx.x"], "an original stx.* field is escaped, not overwritten")
-	mu.Lock()
-	defer mu.Unlock()
+	var deliveries []int64
+	for _, x := range append(ev.of(streamtx.EventRetry), ev.of(streamtx.EventDeadLetter)...) {
+		deliveries = append(deliveries, x.Deliveries)
+	}
 	require.Equal(t, []int64{1, 2, 3}, deliveries)
 }
 
@@ -292,12 +281,13 @@ func TestHole8ShutdownCommitsEntryInHand(t *testing.T) {
 	cfg.BatchSize = 1
 	c, err := streamtx.NewConsumer(e.rdb, cfg, h)
 	require.NoError(t, err)
-	stop := run(t, c)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(ctx) }()
 	<-started
-	stopped := make(chan struct{})
-	go func() { stop(); close(stopped) }()
+	cancel() // shutdown begins while entry 10 is in the handler
 	close(release)
-	<-stopped
+	require.NoError(t, <-errc)
 	// Entries 1..10 committed, nothing pending, nothing beyond.
 	require.Len(t, e.entries(out), 10)
 	require.Equal(t, int64(0), e.pending(src, "g"))
@@ -326,20 +316,17 @@ func TestHole9LostCommitReplyAppliesOnce(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1})
 	t.Cleanup(func() { client.Close() })
 
-	var fenced atomic.Int64
+	ev := newEvents()
 	cfg := e.cfg(src, "g", "c")
 	cfg.BatchSize = 4
-	cfg.Observer = streamtx.ObserverFunc(func(ev streamtx.Event) {
-		if ev.Kind == streamtx.EventFenced {
-			fenced.Add(1)
-		}
-	})
+	cfg.Observer = ev
 	c, err := streamtx.NewConsumer(client, cfg, countAndPublish("n", out))
 	require.NoError(t, err)
 	run(t, c)
+	// A retried commit that already ran must be refused as not owned.
+	ev.wait(t, streamtx.EventFenced, nil)
 	e.drained(src, "g")
 	require.Equal(t, 3, proxy.Fired())
-	require.Positive(t, fenced.Load(), "a retried commit that already ran must be refused")
 	e.requireExactlyOnce(out, ids)
 	require.Equal(t, 40, e.counterState(src, "g", "n").Value.N)
 }
@@ -400,29 +387,21 @@ func TestHole12UndecodableStateIsAnErrorNamingTheKey(t *testing.T) {
 	require.NoError(t, e.rdb.HSet(ctx, sp.State("n"), "d", "\xa3abc", "v", 1, "id", "0-1").Err())
 	e.add(src, 1, func(i int) map[string]any { return map[string]any{"i": i} })
 
-	var mu sync.Mutex
-	var errs []error
+	ev := newEvents()
 	cfg := e.cfg(src, "g", "c")
 	cfg.MaxDeliveries = 2
-	cfg.Observer = streamtx.ObserverFunc(func(ev streamtx.Event) {
-		if ev.Kind == streamtx.EventRetry || ev.Kind == streamtx.EventDeadLetter {
-			mu.Lock()
-			errs = append(errs, ev.Err)
-			mu.Unlock()
-		}
-	})
+	cfg.Observer = ev
 	c, err := streamtx.NewConsumer(e.rdb, cfg, countAndPublish("n", out))
 	require.NoError(t, err)
 	run(t, c)
-	e.drained(src, "g")
+	ev.wait(t, streamtx.EventDeadLetter, nil)
 
-	mu.Lock()
+	errs := append(ev.of(streamtx.EventRetry), ev.of(streamtx.EventDeadLetter)...)
 	require.Len(t, errs, 2)
-	for _, err := range errs {
-		require.ErrorIs(t, err, txn.ErrStateDecode)
-		require.Contains(t, err.Error(), strconv.Quote(sp.State("n")))
+	for _, x := range errs {
+		require.ErrorIs(t, x.Err, txn.ErrStateDecode)
+		require.Contains(t, x.Err.Error(), strconv.Quote(sp.State("n")))
 	}
-	mu.Unlock()
 	require.Equal(t, "\xa3abc", e.rdb.HGet(ctx, sp.State("n"), "d").Val(), "the record must not be reset")
 	require.Zero(t, e.rdb.XLen(ctx, out).Val())
 	require.Len(t, e.entries(c.DeadLetterStream()), 1)

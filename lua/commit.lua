@@ -22,7 +22,9 @@
 --                          with the delivery count seen (acked already, claimed, or
 --                          re-delivered since)
 --   {2, i, ...}            VERSION_CONFLICT: state records i have another version
---   {3, t, ...}            WRONG_TYPE: publish targets t exist and are not streams
+--   {3, t, ...}            WRONG_TYPE: publish targets t exist and are not streams,
+--                          or are the offsets hash or a state record of this commit
+--   error WRONGTYPE        the offsets hash or a state record has another type
 -- Nothing is written unless the reply is {0}: every check runs before any write.
 
 local group, consumer = ARGV[1], ARGV[2]
@@ -64,6 +66,18 @@ if #bad > 0 then
   return {1, unpack(bad)}
 end
 
+-- streamtx's own keys must hold what it put there: a hash or nothing.
+local function kind(key)
+  local ty = redis.call('TYPE', key)
+  return ty.ok or ty
+end
+for i = 2, 2 + ns do
+  local ty = kind(KEYS[i])
+  if ty ~= 'hash' and ty ~= 'none' then
+    return redis.error_reply('WRONGTYPE streamtx key ' .. KEYS[i] .. ' holds a ' .. ty .. ', not a hash; nothing was written')
+  end
+end
+
 local stateArg = a
 for i = 1, ns do
   local v = redis.call('HGET', KEYS[2 + i], 'v')
@@ -76,11 +90,15 @@ if #bad > 0 then
   return {2, unpack(bad)}
 end
 
+-- A target must be a stream or absent, and not one of the hashes this
+-- commit writes (an absent one would be created by the HSET first).
+local own = {}
+for i = 2, 2 + ns do own[KEYS[i]] = true end
 local nt = #KEYS - 2 - ns
 for t = 1, nt do
-  local ty = redis.call('TYPE', KEYS[2 + ns + t])
-  ty = ty.ok or ty
-  if ty ~= 'stream' and ty ~= 'none' then
+  local key = KEYS[2 + ns + t]
+  local ty = kind(key)
+  if own[key] or (ty ~= 'stream' and ty ~= 'none') then
     bad[#bad + 1] = t
   end
 end

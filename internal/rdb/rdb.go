@@ -65,8 +65,18 @@ type Commit struct {
 	PubTarget []int
 }
 
-// Build returns the KEYS and ARGV of the commit.
-func (c *Commit) Build() (keys []string, args []any) {
+// Build returns the KEYS and ARGV of the commit. It refuses a commit the
+// script could not apply whole: no entries, or a publish without fields or
+// with an odd number of them.
+func (c *Commit) Build() (keys []string, args []any, err error) {
+	if len(c.IDs) == 0 || len(c.IDs) != len(c.Deliveries) {
+		return nil, nil, fmt.Errorf("rdb: commit of %d entries with %d delivery counts", len(c.IDs), len(c.Deliveries))
+	}
+	for _, p := range c.Publishes {
+		if len(p.Fields) == 0 || len(p.Fields)%2 != 0 {
+			return nil, nil, fmt.Errorf("rdb: publish to %q with %d fields and values", p.Stream, len(p.Fields))
+		}
+	}
 	c.Targets, c.PubTarget = c.Targets[:0], c.PubTarget[:0]
 	idx := make(map[string]int, 4)
 	for _, p := range c.Publishes {
@@ -112,7 +122,7 @@ func (c *Commit) Build() (keys []string, args []any) {
 			args = append(args, f)
 		}
 	}
-	return keys, args
+	return keys, args, nil
 }
 
 // Result is a script's status reply: a code and, for refusals, the 0-based
