@@ -217,8 +217,9 @@ func retryable(err error) bool {
 // original field that starts with "stx." is stored with one more "stx."
 // before it, and loses it again on replay.
 const (
-	metaPrefix       = "stx."
-	replayGroupField = "stx.replay.group"
+	metaPrefix        = "stx."
+	replayGroupField  = "stx.replay.group"
+	outboxTargetField = "stx.target"
 )
 
 func escapeField(f string) string {

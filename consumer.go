@@ -79,7 +79,22 @@ type Config struct {
 	Observer Observer
 	// Clock gives the time written into dead letters. Default time.Now.
 	Clock func() time.Time
+	// CrossSlot says what tx.Publish does with a target in another Redis
+	// Cluster hash slot than the source stream. CrossSlotRefuse (default):
+	// on a cluster client, Publish fails with ErrCrossSlot. CrossSlotRelay:
+	// on any client, the publish is committed to this group's outbox stream
+	// (in the source's slot) and a Relay forwards it exactly once.
+	CrossSlot CrossSlotMode
 }
+
+// CrossSlotMode is Config.CrossSlot.
+type CrossSlotMode int
+
+// The modes of Config.CrossSlot.
+const (
+	CrossSlotRefuse CrossSlotMode = iota
+	CrossSlotRelay
+)
 
 const maxBatch = 1000
 
@@ -109,6 +124,8 @@ func (cfg *Config) setDefaults() error {
 		return configErr("CommitTimeout", "negative (%s)", cfg.CommitTimeout)
 	case cfg.StateCacheSize < 0:
 		return configErr("StateCacheSize", "negative (%d)", cfg.StateCacheSize)
+	case cfg.CrossSlot != CrossSlotRefuse && cfg.CrossSlot != CrossSlotRelay:
+		return configErr("CrossSlot", "unknown mode %d", cfg.CrossSlot)
 	case strings.ContainsAny(cfg.Consumer, " \t\r\n"):
 		return configErr("Consumer", "%q contains white space", cfg.Consumer)
 	}
@@ -240,7 +257,7 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 	c.states = txn.NewStates(c.loadState, c.stateKey, cfg.StateCacheSize)
 	c.env = &txn.Env{
 		States:            c.states,
-		CheckTarget:       c.checkTarget,
+		Route:             c.route,
 		IdempotencyPrefix: cfg.Stream + "/" + cfg.Group + "/",
 	}
 	return c, nil
@@ -263,12 +280,29 @@ func (c *Consumer) loadState(ctx context.Context, key string) (txn.Record, error
 	return state.Load(ctx, c.rdb, key)
 }
 
-func (c *Consumer) checkTarget(stream string) error {
-	if strings.HasPrefix(stream, c.space.Base()) {
-		return fmt.Errorf("%q is one of streamtx's own keys for this group", stream)
+// route vets a publish, and sends one for another cluster slot through the
+// outbox when Config.CrossSlot says so.
+func (c *Consumer) route(p *txn.Publish) error {
+	if strings.HasPrefix(p.Stream, c.space.Base()) {
+		return fmt.Errorf("%q is one of streamtx's own keys for this group", p.Stream)
 	}
-	if c.cluster && keys.Slot(stream) != keys.Slot(c.cfg.Stream) {
-		return fmt.Errorf("%w: slot %d, source %q is in slot %d", ErrCrossSlot, keys.Slot(stream), c.cfg.Stream, keys.Slot(c.cfg.Stream))
+	if keys.Slot(p.Stream) == keys.Slot(c.cfg.Stream) {
+		return nil
+	}
+	switch {
+	case c.cfg.CrossSlot == CrossSlotRelay:
+		if _, err := keys.Forwarded(p.Stream, "", ""); err != nil {
+			return err
+		}
+		fields := make([]string, 0, 2+len(p.Fields))
+		fields = append(fields, outboxTargetField, p.Stream)
+		for i := 0; i < len(p.Fields); i += 2 {
+			fields = append(fields, escapeField(p.Fields[i]), p.Fields[i+1])
+		}
+		p.Stream, p.Fields = c.space.Outbox(), fields
+	case c.cluster:
+		return fmt.Errorf("%w: slot %d, source %q is in slot %d (set Config.CrossSlot to CrossSlotRelay)",
+			ErrCrossSlot, keys.Slot(p.Stream), c.cfg.Stream, keys.Slot(c.cfg.Stream))
 	}
 	return nil
 }

@@ -46,8 +46,10 @@ type Tx struct {
 type Env struct {
 	// States caches state records; required for Tx.State.
 	States *States
-	// CheckTarget, when set, vets every publish target before it is buffered.
-	CheckTarget func(stream string) error
+	// Route, when set, vets every publish before it is buffered, and may
+	// rewrite it (to send a publish for another cluster slot through an
+	// outbox stream in the source's slot).
+	Route func(p *Publish) error
 	// IdempotencyPrefix is put before the entry ID to make IdempotencyKey;
 	// the consumer sets it to identify the stream and group.
 	IdempotencyPrefix string
@@ -96,11 +98,6 @@ func (tx *Tx) publish(stream string, values map[string]any) error {
 	if len(values) == 0 {
 		return fmt.Errorf("%w: to %q: no values", ErrBadPublish, stream)
 	}
-	if tx.env != nil && tx.env.CheckTarget != nil {
-		if err := tx.env.CheckTarget(stream); err != nil {
-			return fmt.Errorf("%w: to %q: %w", ErrBadPublish, stream, err)
-		}
-	}
 	names := make([]string, 0, len(values))
 	for k := range values {
 		names = append(names, k)
@@ -114,7 +111,13 @@ func (tx *Tx) publish(stream string, values map[string]any) error {
 		}
 		kv = append(kv, k, v)
 	}
-	tx.pubs = append(tx.pubs, Publish{Stream: stream, Fields: kv})
+	p := Publish{Stream: stream, Fields: kv}
+	if tx.env != nil && tx.env.Route != nil {
+		if err := tx.env.Route(&p); err != nil {
+			return fmt.Errorf("%w: to %q: %w", ErrBadPublish, stream, err)
+		}
+	}
+	tx.pubs = append(tx.pubs, p)
 	return nil
 }
 

@@ -48,15 +48,25 @@ func TestBadPublishIsStickyAndClear(t *testing.T) {
 	}
 }
 
-func TestCheckTargetRefusesPublish(t *testing.T) {
+func TestRouteRefusesOrRewritesPublish(t *testing.T) {
 	refuse := errors.New("other slot")
-	tx := txn.New(&txn.Env{CheckTarget: func(s string) error {
-		if s == "far" {
+	tx := txn.New(&txn.Env{Route: func(p *txn.Publish) error {
+		switch p.Stream {
+		case "far":
 			return refuse
+		case "moved":
+			p.Stream = "outbox"
+			p.Fields = append([]string{"target", "moved"}, p.Fields...)
 		}
 		return nil
 	}}, "1-1")
 	require.ErrorIs(t, tx.Publish("far", map[string]any{"a": 1}), refuse)
+	tx = txn.New(&txn.Env{Route: func(p *txn.Publish) error {
+		p.Stream = "outbox"
+		return nil
+	}}, "1-1")
+	require.NoError(t, tx.Publish("moved", map[string]any{"a": 1}))
+	require.Equal(t, []txn.Publish{{Stream: "outbox", Fields: []string{"a", "1"}}}, tx.Publishes())
 	require.Equal(t, "1-1", tx.IdempotencyKey())
 }
 

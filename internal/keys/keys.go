@@ -85,6 +85,20 @@ func (s Space) KeyedState(name, key string) string {
 // Offsets returns the hash of committed offsets, one field per consumer.
 func (s Space) Offsets() string { return s.base + "offsets" }
 
+// Outbox returns the stream that holds publishes for other cluster slots
+// until a relay forwards them.
+func (s Space) Outbox() string { return s.base + "outbox" }
+
+// Forwarded returns the key, in target's slot, that records that the outbox
+// entry id of outbox was forwarded to target.
+func Forwarded(target, outbox, id string) (string, error) {
+	tag := Tag(target)
+	if strings.ContainsRune(tag, '}') {
+		return "", fmt.Errorf("keys: target %q: %w", target, ErrNoTag)
+	}
+	return Prefix + "{" + tag + "}:fwd:" + escape(target) + ":" + escape(outbox) + ":" + id, nil
+}
+
 // DeadLetters returns the default dead-letter stream.
 func (s Space) DeadLetters() string { return s.base + "dlq" }
 
