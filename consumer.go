@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
@@ -79,6 +80,20 @@ type Config struct {
 	Observer Observer
 	// Clock gives the time written into dead letters. Default time.Now.
 	Clock func() time.Time
+	// Parallelism is how many entries of one batch may be handled at once,
+	// in lanes by PartitionKey: entries with one key are handled in order,
+	// in one lane. Handlers must then touch only the state of their own key
+	// (Keyed); a record touched from two lanes in one batch fails the later
+	// entry with txn.ErrLaneConflict. Default 1: one entry at a time.
+	Parallelism int
+	// PartitionKey maps an entry to its lane key when Parallelism > 1.
+	// Default: the key function of a Keyed handler; required for other
+	// handlers.
+	PartitionKey func(*Message) string
+	// MaxBatchDelay is how long a batch may wait to fill up to BatchSize
+	// before it is handled and committed. Default 0: a batch is what one read
+	// returns, committed at once, so a slow trickle is never held back.
+	MaxBatchDelay time.Duration
 	// CrossSlot says what tx.Publish does with a target in another Redis
 	// Cluster hash slot than the source stream. CrossSlotRefuse (default):
 	// on a cluster client, Publish fails with ErrCrossSlot. CrossSlotRelay:
@@ -124,6 +139,10 @@ func (cfg *Config) setDefaults() error {
 		return configErr("CommitTimeout", "negative (%s)", cfg.CommitTimeout)
 	case cfg.StateCacheSize < 0:
 		return configErr("StateCacheSize", "negative (%d)", cfg.StateCacheSize)
+	case cfg.Parallelism < 0 || cfg.Parallelism > 256:
+		return configErr("Parallelism", "%d is outside 0..256", cfg.Parallelism)
+	case cfg.MaxBatchDelay < 0:
+		return configErr("MaxBatchDelay", "negative (%s)", cfg.MaxBatchDelay)
 	case cfg.CrossSlot != CrossSlotRefuse && cfg.CrossSlot != CrossSlotRelay:
 		return configErr("CrossSlot", "unknown mode %d", cfg.CrossSlot)
 	case strings.ContainsAny(cfg.Consumer, " \t\r\n"):
@@ -225,6 +244,13 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 	}
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
+	}
+	if cfg.Parallelism > 1 && cfg.PartitionKey == nil {
+		p, ok := h.(interface{ partitionKey() func(*Message) string })
+		if !ok || p.partitionKey() == nil {
+			return nil, configErr("PartitionKey", "required with Parallelism %d for a handler that is not Keyed", cfg.Parallelism)
+		}
+		cfg.PartitionKey = p.partitionKey()
 	}
 	space, err := keys.NewSpace(cfg.Stream, cfg.Group)
 	if err != nil {
@@ -452,13 +478,38 @@ func (c *Consumer) read(ctx context.Context, now time.Time) ([]*Message, error) 
 		// settle the commit before blocking.
 		block = -1
 	}
+	msgs, err := c.readOnce(ctx, c.cfg.BatchSize, block)
+	if err != nil || len(msgs) == 0 || c.cfg.MaxBatchDelay == 0 {
+		return msgs, err
+	}
+	// Fill the batch until MaxBatchDelay has passed.
+	deadline := time.Now().Add(c.cfg.MaxBatchDelay)
+	for len(msgs) < c.cfg.BatchSize {
+		wait := time.Until(deadline)
+		if wait < time.Millisecond || ctx.Err() != nil {
+			break
+		}
+		more, err := c.readOnce(ctx, c.cfg.BatchSize-len(msgs), wait)
+		if err != nil {
+			// What was read is pending for us: handle it now.
+			c.log.Warn("streamtx: read failed while filling a batch", "err", err)
+			break
+		}
+		msgs = append(msgs, more...)
+	}
+	return msgs, nil
+}
+
+// readOnce reads up to count new entries, waiting at most block (no wait
+// when block < 0).
+func (c *Consumer) readOnce(ctx context.Context, count int, block time.Duration) ([]*Message, error) {
 	// The read is not cancelled with ctx: a reply cut off mid-way would leave
 	// entries delivered but unseen. Block bounds the wait instead.
 	res, err := c.rdb.XReadGroup(context.WithoutCancel(ctx), &redis.XReadGroupArgs{
 		Group:    c.cfg.Group,
 		Consumer: c.cfg.Consumer,
 		Streams:  []string{c.cfg.Stream, ">"},
-		Count:    int64(c.cfg.BatchSize),
+		Count:    int64(count),
 		Block:    block,
 	}).Result()
 	if errors.Is(err, redis.Nil) || (err == nil && len(res) == 0) {
@@ -669,29 +720,73 @@ func messagesOf(items []item) []*Message {
 
 // handle runs the handler on every message, each in its own transaction. A
 // failed transaction is rolled back and its entry scheduled for retry or
-// dead-lettered; the successful ones are returned.
+// dead-lettered; the successful ones are returned, in the order of msgs.
 func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
+	txs := make([]*txn.Tx, len(msgs))
+	errs := make([]error, len(msgs))
+	if c.cfg.Parallelism > 1 && len(msgs) > 1 {
+		c.handleLanes(hctx, msgs, txs, errs)
+	} else {
+		for i, m := range msgs {
+			txs[i] = txn.New(c.env, m.ID)
+			errs[i] = c.handleOne(hctx, m, txs[i])
+		}
+	}
 	items := make([]item, 0, len(msgs))
-	for _, m := range msgs {
+	for i, m := range msgs {
 		delete(c.retries, m.ID)
-		tx := txn.New(c.env, m.ID)
-		if g, ok := m.Values[replayGroupField]; ok && g != c.cfg.Group {
-			// Replayed for another group: acknowledge, do not handle.
-			items = append(items, item{m, tx})
+		if errs[i] != nil {
+			c.failed(hctx, m, errs[i])
 			continue
 		}
-		err := c.call(hctx, m, tx)
-		if err == nil {
-			err = tx.Seal()
-		}
-		if err != nil {
-			tx.Rollback()
-			c.failed(hctx, m, err)
-			continue
-		}
-		items = append(items, item{m, tx})
+		items = append(items, item{m, txs[i]})
 	}
 	return items
+}
+
+// handleOne runs the handler in tx and seals it, or rolls it back.
+func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txn.Tx) error {
+	if g, ok := m.Values[replayGroupField]; ok && g != c.cfg.Group {
+		// Replayed for another group: acknowledge, do not handle.
+		return nil
+	}
+	err := c.call(hctx, m, tx)
+	if err == nil {
+		err = tx.Seal()
+	}
+	if err != nil {
+		tx.Rollback()
+	}
+	return err
+}
+
+// handleLanes handles msgs in Parallelism lanes by partition key, each lane
+// in order, and waits for all of them.
+func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, txs []*txn.Tx, errs []error) {
+	c.states.BeginBatch()
+	n := c.cfg.Parallelism
+	lanes := make([][]int, n)
+	for i, m := range msgs {
+		h := fnv.New32a()
+		h.Write([]byte(c.cfg.PartitionKey(m)))
+		l := int(h.Sum32() % uint32(n))
+		lanes[l] = append(lanes[l], i)
+	}
+	var wg sync.WaitGroup
+	for l, idx := range lanes {
+		if len(idx) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, i := range idx {
+				txs[i] = txn.NewInLane(c.env, msgs[i].ID, l+1)
+				errs[i] = c.handleOne(hctx, msgs[i], txs[i])
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 func (c *Consumer) call(ctx context.Context, m *Message, tx *txn.Tx) (err error) {

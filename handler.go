@@ -89,6 +89,8 @@ func (h *stateHandler[S]) Handle(ctx context.Context, msg *Message, tx *txn.Tx) 
 	return h.fn(ctx, msg, v.(*S), tx)
 }
 
+func (h *stateHandler[S]) partitionKey() func(*Message) string { return h.key }
+
 func (h *stateHandler[S]) validate() error {
 	if h.fn == nil {
 		return errors.New("streamtx: Stateful/Keyed " + strconv.Quote(h.name) + ": nil function")

@@ -2,7 +2,9 @@ package txn
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 )
 
 // Codec turns a state value into bytes and back. Values are pointers to the
@@ -26,14 +28,30 @@ type Loader func(ctx context.Context, key string) (Record, error)
 type Namer func(name, key string, keyed bool) string
 
 // States is a consumer's cache of state records: what Redis holds at a known
-// version, plus the changes of handled but not yet committed entries. It is
-// not safe for concurrent use.
+// version, plus the changes of handled but not yet committed entries.
+//
+// Transactions of different lanes (see NewInLane) may run concurrently, each
+// touching only its own records; everything else is for one goroutine.
 type States struct {
 	load  Loader
 	name  Namer
+	mu    sync.Mutex // guards slots, dirty and the lane marks of slots
 	slots map[string]*Slot
 	dirty []*Slot // slots with uncommitted changes, in the order first changed
 	max   int
+	epoch uint64 // advanced by BeginBatch
+}
+
+// ErrLaneConflict is returned by Tx.State when transactions of two lanes
+// touch one state record in the same batch: with parallel lanes, a handler
+// may only touch the state of its own partition key.
+var ErrLaneConflict = errors.New("txn: state record touched from two parallel lanes in one batch")
+
+// BeginBatch starts a batch: lane marks of earlier batches no longer count.
+func (st *States) BeginBatch() {
+	st.mu.Lock()
+	st.epoch++
+	st.mu.Unlock()
 }
 
 // NewStates returns an empty cache that loads through load and names keys
@@ -55,6 +73,8 @@ type Slot struct {
 	pending []byte // encoded during Seal, before it is applied
 	gen     uint64 // incremented by every Seal that changes the slot
 	dirty   bool
+	lane    int    // lane that touched it in batch epoch
+	epoch   uint64
 	codec   Codec
 }
 
@@ -70,18 +90,29 @@ func (s *Slot) working() (any, error) {
 	return v, nil
 }
 
-func (st *States) slot(ctx context.Context, name, key string, keyed bool, codec Codec) (*Slot, error) {
+func (st *States) slot(ctx context.Context, name, key string, keyed bool, codec Codec, lane int) (*Slot, error) {
 	k := st.name(name, key, keyed)
-	if s, ok := st.slots[k]; ok {
-		s.codec = codec
-		return s, nil
+	st.mu.Lock()
+	s, ok := st.slots[k]
+	st.mu.Unlock()
+	if !ok {
+		rec, err := st.load(ctx, k)
+		if err != nil {
+			return nil, fmt.Errorf("txn: load state %q: %w", k, err)
+		}
+		s = &Slot{Key: k, version: rec.Version, blob: rec.Data, lastID: rec.LastID}
 	}
-	rec, err := st.load(ctx, k)
-	if err != nil {
-		return nil, fmt.Errorf("txn: load state %q: %w", k, err)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if cur, ok := st.slots[k]; ok {
+		s = cur
+	} else {
+		st.slots[k] = s
 	}
-	s := &Slot{Key: k, version: rec.Version, blob: rec.Data, lastID: rec.LastID, codec: codec}
-	st.slots[k] = s
+	if s.epoch == st.epoch && s.lane != lane {
+		return nil, fmt.Errorf("%w: %q", ErrLaneConflict, k)
+	}
+	s.epoch, s.lane, s.codec = st.epoch, lane, codec
 	return s, nil
 }
 
@@ -141,6 +172,8 @@ func (st *States) Discard() {
 }
 
 func (st *States) markDirty(s *Slot) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	s.gen++
 	if !s.dirty {
 		s.dirty = true

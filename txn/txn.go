@@ -39,6 +39,7 @@ type Tx struct {
 	pubs    []Publish
 	touched []*Slot
 	err     error
+	lane    int
 }
 
 // Env is what a consumer lends its transactions: the state cache and the
@@ -58,6 +59,13 @@ type Env struct {
 // New returns the transaction for the entry with the given ID.
 func New(env *Env, entryID string) *Tx {
 	return &Tx{entryID: entryID, env: env}
+}
+
+// NewInLane returns the transaction of an entry handled in one of several
+// parallel lanes of a batch. Transactions of different lanes may run
+// concurrently; those of one lane must run one after the other.
+func NewInLane(env *Env, entryID string, lane int) *Tx {
+	return &Tx{entryID: entryID, env: env, lane: lane}
 }
 
 // EntryID returns the ID of the entry being handled.
@@ -176,7 +184,7 @@ func (tx *Tx) State(ctx context.Context, name, key string, keyed bool, codec Cod
 	if tx.env == nil || tx.env.States == nil {
 		return nil, errors.New("txn: this transaction has no state store")
 	}
-	s, err := tx.env.States.slot(ctx, name, key, keyed, codec)
+	s, err := tx.env.States.slot(ctx, name, key, keyed, codec, tx.lane)
 	if err != nil {
 		return nil, err
 	}
