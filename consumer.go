@@ -398,7 +398,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return nil
 }
 
-var errFatal = errors.New("streamtx: fatal")
+var (
+	errFatal         = errors.New("streamtx: fatal")
+	errOverDelivered = errors.New("streamtx: entry delivered more than MaxDeliveries times")
+)
 
 // start creates the group (and stream) when missing, retrying connection
 // errors until ctx is cancelled.
@@ -735,6 +738,10 @@ func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 	items := make([]item, 0, len(msgs))
 	for i, m := range msgs {
 		delete(c.retries, m.ID)
+		if errs[i] == errOverDelivered {
+			c.deadLetter(hctx, m, Permanent(fmt.Errorf("%w (%d > MaxDeliveries %d): the handler did not finish the last deliveries", errOverDelivered, m.Deliveries, c.cfg.MaxDeliveries)))
+			continue
+		}
 		if errs[i] != nil {
 			c.failed(hctx, m, errs[i])
 			continue
@@ -746,6 +753,12 @@ func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 
 // handleOne runs the handler in tx and seals it, or rolls it back.
 func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txn.Tx) error {
+	if m.Deliveries > c.cfg.MaxDeliveries {
+		// Delivered more often than the handler ever failed: it crashed the
+		// process (or never returned) on earlier deliveries. Do not run it
+		// again.
+		return errOverDelivered
+	}
 	if g, ok := m.Values[replayGroupField]; ok && g != c.cfg.Group {
 		// Replayed for another group: acknowledge, do not handle.
 		return nil

@@ -363,3 +363,42 @@ func TestShutdownUnderLoadLeavesNoGoroutine(t *testing.T) {
 	e.drained(src, "g")
 	e.requireExactlyOnce(out, ids)
 }
+
+// An entry that was delivered more than MaxDeliveries times without its
+// handler ever failing (the process crashed on it) is dead-lettered without
+// running the handler again.
+func TestCrashLoopEntryIsDeadLetteredWithoutRunningTheHandler(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	src := e.key("in")
+	require.NoError(t, e.rdb.XGroupCreateMkStream(ctx, src, "g", "0").Err())
+	ids := e.add(src, 2, func(i int) map[string]any { return map[string]any{"i": i} })
+	// Deliver entry 1 three times to "c", as crashed restarts would.
+	for i := 0; i < 3; i++ {
+		start := ">"
+		if i > 0 {
+			start = "0"
+		}
+		require.NoError(t, e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "g", Consumer: "c", Streams: []string{src, start}, Count: 1, Block: -1}).Err())
+	}
+	var ran atomic.Int64
+	h := streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
+		if msg.ID == ids[0] {
+			ran.Add(1)
+		}
+		return nil
+	})
+	cfg := e.cfg(src, "g", "c")
+	cfg.MaxDeliveries = 3 // the restart's claim is delivery 4
+	c, err := streamtx.NewConsumer(e.rdb, cfg, h)
+	require.NoError(t, err)
+	run(t, c)
+	e.drained(src, "g")
+	require.Zero(t, ran.Load())
+	dl := e.entries(c.DeadLetterStream())
+	require.Len(t, dl, 1)
+	require.Equal(t, ids[0], dl[0].Values["stx.id"])
+	require.Equal(t, "4", dl[0].Values["stx.deliveries"])
+	require.Contains(t, dl[0].Values["stx.error"], "MaxDeliveries")
+}
