@@ -37,7 +37,8 @@ type States struct {
 	name  Namer
 	mu    sync.Mutex // guards slots, dirty and the lane marks of slots
 	slots map[string]*Slot
-	dirty []*Slot // slots with uncommitted changes, in the order first changed
+	named map[string]string // unkeyed state name -> Redis key
+	dirty []*Slot           // slots with uncommitted changes, in the order first changed
 	max   int
 	epoch uint64 // advanced by BeginBatch
 }
@@ -60,7 +61,7 @@ func NewStates(load Loader, name Namer, max int) *States {
 	if max <= 0 {
 		max = 10000
 	}
-	return &States{load: load, name: name, slots: make(map[string]*Slot), max: max}
+	return &States{load: load, name: name, slots: make(map[string]*Slot), named: make(map[string]string), max: max}
 }
 
 // Slot is the working copy of one state record.
@@ -91,8 +92,14 @@ func (s *Slot) working() (any, error) {
 }
 
 func (st *States) slot(ctx context.Context, name, key string, keyed bool, codec Codec, lane int) (*Slot, error) {
-	k := st.name(name, key, keyed)
 	st.mu.Lock()
+	k, ok := st.named[name]
+	if keyed || !ok {
+		k = st.name(name, key, keyed)
+		if !keyed {
+			st.named[name] = k
+		}
+	}
 	s, ok := st.slots[k]
 	st.mu.Unlock()
 	if !ok {

@@ -106,18 +106,22 @@ func (tx *Tx) publish(stream string, values map[string]any) error {
 	if len(values) == 0 {
 		return fmt.Errorf("%w: to %q: no values", ErrBadPublish, stream)
 	}
-	names := make([]string, 0, len(values))
+	// Field names first, sorted, then each followed by its value.
+	kv := make([]string, 0, 2*len(values))
 	for k := range values {
-		names = append(names, k)
+		kv = append(kv, k)
 	}
-	sort.Strings(names)
-	kv := make([]string, 0, 2*len(names))
-	for _, k := range names {
+	if len(kv) > 1 {
+		sort.Strings(kv)
+	}
+	kv = kv[:2*len(values)]
+	for i := len(values) - 1; i >= 0; i-- {
+		k := kv[i]
 		v, err := format(values[k])
 		if err != nil {
 			return fmt.Errorf("%w: to %q: field %q: %w", ErrBadPublish, stream, k, err)
 		}
-		kv = append(kv, k, v)
+		kv[2*i], kv[2*i+1] = k, v
 	}
 	p := Publish{Stream: stream, Fields: kv}
 	if tx.env != nil && tx.env.Route != nil {
