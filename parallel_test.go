@@ -153,4 +153,3 @@ func TestMaxBatchDelayFillsTheBatch(t *testing.T) {
 	commit := ev.wait(t, streamtx.EventCommit, nil)
 	require.Len(t, commit.IDs, 5)
 }
-

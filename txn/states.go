@@ -74,7 +74,7 @@ type Slot struct {
 	pending []byte // encoded during Seal, before it is applied
 	gen     uint64 // incremented by every Seal that changes the slot
 	dirty   bool
-	lane    int    // lane that touched it in batch epoch
+	lane    int // lane that touched it in batch epoch
 	epoch   uint64
 	codec   Codec
 }
