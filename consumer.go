@@ -94,6 +94,10 @@ type Config struct {
 	// before it is handled and committed. Default 0: a batch is what one read
 	// returns, committed at once, so a slow trickle is never held back.
 	MaxBatchDelay time.Duration
+	// Retention trims the source stream periodically, never below its safe
+	// trim point (what every group has received and acknowledged). Default:
+	// no trimming.
+	Retention Retention
 	// CrossSlot says what tx.Publish does with a target in another Redis
 	// Cluster hash slot than the source stream. CrossSlotRefuse (default):
 	// on a cluster client, Publish fails with ErrCrossSlot. CrossSlotRelay:
@@ -101,6 +105,21 @@ type Config struct {
 	// (in the source's slot) and a Relay forwards it exactly once.
 	CrossSlot CrossSlotMode
 }
+
+// Retention is Config.Retention. An entry is trimmed when it is below the
+// safe trim point and outside every limit that is set: among the newest
+// MaxLen entries or younger than MaxAge, it is kept.
+type Retention struct {
+	// MaxLen keeps the newest MaxLen entries. 0: no length limit.
+	MaxLen int64
+	// MaxAge keeps entries younger than this (by the time in their IDs).
+	// 0: no age limit.
+	MaxAge time.Duration
+	// Interval is the pause between two trims. Default 1 minute.
+	Interval time.Duration
+}
+
+func (r Retention) enabled() bool { return r.MaxLen > 0 || r.MaxAge > 0 }
 
 // CrossSlotMode is Config.CrossSlot.
 type CrossSlotMode int
@@ -141,6 +160,12 @@ func (cfg *Config) setDefaults() error {
 		return configErr("StateCacheSize", "negative (%d)", cfg.StateCacheSize)
 	case cfg.Parallelism < 0 || cfg.Parallelism > 256:
 		return configErr("Parallelism", "%d is outside 0..256", cfg.Parallelism)
+	case cfg.Retention.MaxLen < 0:
+		return configErr("Retention.MaxLen", "negative (%d)", cfg.Retention.MaxLen)
+	case cfg.Retention.MaxAge < 0:
+		return configErr("Retention.MaxAge", "negative (%s)", cfg.Retention.MaxAge)
+	case cfg.Retention.Interval < 0:
+		return configErr("Retention.Interval", "negative (%s)", cfg.Retention.Interval)
 	case cfg.MaxBatchDelay < 0:
 		return configErr("MaxBatchDelay", "negative (%s)", cfg.MaxBatchDelay)
 	case cfg.CrossSlot != CrossSlotRefuse && cfg.CrossSlot != CrossSlotRelay:
@@ -173,6 +198,9 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.CommitTimeout == 0 {
 		cfg.CommitTimeout = 30 * time.Second
+	}
+	if cfg.Retention.Interval == 0 {
+		cfg.Retention.Interval = time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -224,6 +252,7 @@ type Consumer struct {
 	ownCursor  string
 	idleCursor string
 	nextClaim  time.Time
+	nextTrim   time.Time
 	inflight   *commitJob // the commit sent but not yet settled
 }
 
@@ -387,6 +416,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 			if errors.Is(err, errFatal) {
 				return err
 			}
+			if ctx.Err() != nil {
+				break // shutting down: not an operational error
+			}
 			fails++
 			c.report(Event{Kind: EventError, Err: err})
 			c.log.Warn("streamtx: consume step failed; retrying", "err", err, "attempt", fails)
@@ -447,6 +479,9 @@ func (c *Consumer) step(ctx, hctx context.Context) error {
 		msgs, err = c.claimIDs(ctx, c.dueRetries(now))
 	case !now.Before(c.nextClaim):
 		msgs, err = c.claimIdle(ctx)
+	case c.cfg.Retention.enabled() && !now.Before(c.nextTrim):
+		c.nextTrim = now.Add(c.cfg.Retention.Interval)
+		err = c.retain(ctx)
 	default:
 		msgs, err = c.read(ctx, now)
 	}
@@ -545,7 +580,7 @@ func (c *Consumer) readOnce(ctx context.Context, count int, block time.Duration)
 // claimOwn takes back this consumer's own pending entries, one batch per
 // call, from the start of the pending list.
 func (c *Consumer) claimOwn(ctx context.Context) ([]*Message, error) {
-	reply, err := rdb.Run(ctx, c.rdb, c.scripts.Claim, []string{c.cfg.Stream},
+	reply, err := rdb.Run(context.WithoutCancel(ctx), c.rdb, c.scripts.Claim, []string{c.cfg.Stream},
 		c.cfg.Group, c.cfg.Consumer, "own", c.ownCursor, c.cfg.BatchSize)
 	if err != nil {
 		return nil, c.claimErr(ctx, err)
@@ -571,7 +606,7 @@ func (c *Consumer) claimIDs(ctx context.Context, ids []string) ([]*Message, erro
 	for _, id := range ids {
 		args = append(args, id)
 	}
-	reply, err := rdb.Run(ctx, c.rdb, c.scripts.Claim, []string{c.cfg.Stream}, args...)
+	reply, err := rdb.Run(context.WithoutCancel(ctx), c.rdb, c.scripts.Claim, []string{c.cfg.Stream}, args...)
 	if err != nil {
 		return nil, c.claimErr(ctx, err)
 	}
@@ -588,7 +623,7 @@ func (c *Consumer) claimIDs(ctx context.Context, ids []string) ([]*Message, erro
 
 // claimIdle claims entries idle longer than ClaimIdle at other consumers.
 func (c *Consumer) claimIdle(ctx context.Context) ([]*Message, error) {
-	reply, err := rdb.Run(ctx, c.rdb, c.scripts.Claim, []string{c.cfg.Stream},
+	reply, err := rdb.Run(context.WithoutCancel(ctx), c.rdb, c.scripts.Claim, []string{c.cfg.Stream},
 		c.cfg.Group, c.cfg.Consumer, "idle", c.idleCursor, c.cfg.ClaimIdle.Milliseconds(), c.cfg.BatchSize)
 	if err != nil {
 		c.nextClaim = time.Now().Add(c.cfg.ClaimInterval)

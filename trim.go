@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/streamtx/streamtx/internal/rdb"
 	"github.com/streamtx/streamtx/lua"
 )
 
@@ -25,6 +26,10 @@ type TrimOptions struct {
 	// An entry's age is Now minus the millisecond part of its ID. Default 0:
 	// no age limit. Negative is an error.
 	KeepMinAge time.Duration
+	// KeepFrom, when set, keeps every entry at or after this ID even below
+	// the safe point (a retention policy's bound). Like KeepMinAge, it can
+	// only lower the point.
+	KeepFrom string
 	// DryRun computes the point and counts the entries below it, removing
 	// nothing.
 	DryRun bool
@@ -51,7 +56,7 @@ type TrimResult struct {
 	HeldBy        string
 	HeldByPending bool
 	// LimitedByAge reports that KeepMinAge lowered Point below SafePoint.
-	LimitedByAge bool
+	LimitedByAge bool // Point is below SafePoint because of KeepMinAge or KeepFrom
 	DryRun       bool
 }
 
@@ -99,6 +104,14 @@ func TrimSafe(ctx context.Context, client redis.UniversalClient, stream string, 
 		// milliseconds) + 1ms old: older than KeepMinAge.
 		ms := max(now.UnixMilli()-opts.KeepMinAge.Milliseconds(), 0)
 		cutoff = strconv.FormatInt(ms, 10) + "-0"
+	}
+	if opts.KeepFrom != "" {
+		if !validID(opts.KeepFrom) {
+			return TrimResult{}, fmt.Errorf("streamtx: TrimSafe: KeepFrom %q is not a stream ID", opts.KeepFrom)
+		}
+		if cutoff == "" || rdb.IDLess(opts.KeepFrom, cutoff) {
+			cutoff = opts.KeepFrom
+		}
 	}
 	dry := "0"
 	if opts.DryRun {

@@ -1,0 +1,664 @@
+// Package clustertest runs streamtx consumers on a Redis Cluster of
+// redis-server processes private to each test (see redistest.StartCluster):
+// the exactly-once counter with streams on different masters, the refusal
+// of a publish to another slot, and a manual failover of the source stream's
+// master in the middle of a run.
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/streamtx/streamtx"
+	"github.com/streamtx/streamtx/internal/keys"
+	"github.com/streamtx/streamtx/internal/redistest"
+	"github.com/streamtx/streamtx/txn"
+)
+
+func TestMain(m *testing.M) { redistest.Main(m) }
+
+const (
+	group        = "g"
+	consumersPer = 4 // consumers per source stream
+	waitTimeout  = 30 * time.Second
+)
+
+type counter struct{ N int }
+
+// countTo is the shared counter handler: it counts the entries of the stream
+// and publishes (src, n) to out after every increment.
+func countTo(out string) streamtx.Handler {
+	return streamtx.Stateful("counter", func(ctx context.Context, msg *streamtx.Message, s *counter, tx *txn.Tx) error {
+		s.N++
+		return tx.Publish(out, map[string]any{"src": msg.ID, "n": s.N})
+	})
+}
+
+// Two streams on two masters, four consumers each sharing one counter: every
+// stream's published counters are exactly 1..N, each source entry appears
+// once downstream, and the committed state is N.
+func TestClusterCounterExactlyOnce(t *testing.T) {
+	t.Parallel()
+	const n = 2000
+	c := redistest.StartCluster(t, 3, 0)
+	rdb := c.Client(t)
+	rec := newRecorder(t)
+
+	srcs := []string{"{orders-a}", "{orders-b}"}
+	require.NotEqual(t, keys.Slot(srcs[0]), keys.Slot(srcs[1]))
+	require.NotEqual(t, c.MasterFor(srcs[0]), c.MasterFor(srcs[1]), "the two streams must live on different masters")
+	for _, src := range srcs {
+		out := src + ":out"
+		require.Equal(t, keys.Slot(src), keys.Slot(out))
+		require.Equal(t, c.Slot(src), keys.Slot(src), "keys.Slot agrees with CLUSTER KEYSLOT")
+		require.Equal(t, c.MasterFor(src), c.MasterFor(out))
+	}
+
+	ids := make(map[string][]string)
+	var stops []func()
+	start := time.Now()
+	for _, src := range srcs {
+		ids[src] = addEntries(t, rdb, src, 1, n)
+		stops = append(stops, startConsumers(t, rdb, src, countTo(src+":out"), rec)...)
+	}
+	for _, src := range srcs {
+		waitDrained(t, rdb, src)
+	}
+	t.Logf("%d entries on each of %d streams consumed in %v", n, len(srcs), time.Since(start).Round(time.Millisecond))
+	for _, stop := range stops {
+		stop()
+	}
+	for _, src := range srcs {
+		checkExactlyOnce(t, rdb, src, src+":out", ids[src])
+	}
+	rec.checkNoCrossSlot(t)
+	checkNoCrossSlotAtServers(t, rdb)
+	t.Logf("events: %s", rec.summary())
+}
+
+// A handler on a cluster client that publishes to a stream in another slot
+// gets ErrCrossSlot from tx.Publish itself, before any commit; the entry is
+// dead-lettered (the error is permanent) and Redis never sees a CROSSSLOT.
+func TestClusterCrossSlotPublishRefused(t *testing.T) {
+	t.Parallel()
+	const n = 20
+	ctx := context.Background()
+	c := redistest.StartCluster(t, 3, 0)
+	rdb := c.Client(t)
+	rec := newRecorder(t)
+
+	src, same, other := "{xs-src}", "{xs-src}:out", "{xs-other}:out"
+	require.Equal(t, keys.Slot(src), keys.Slot(same))
+	require.NotEqual(t, keys.Slot(src), keys.Slot(other))
+	srcIDs := addEntries(t, rdb, src, 1, n)
+
+	var mu sync.Mutex
+	publishErrs := make(map[string]error) // entry ID -> what tx.Publish returned
+	h := streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
+		target := same
+		if i, _ := strconv.Atoi(msg.Values["i"]); i%2 == 0 {
+			target = other
+		}
+		err := tx.Publish(target, map[string]any{"src": msg.ID})
+		if target == other {
+			mu.Lock()
+			publishErrs[msg.ID] = err
+			mu.Unlock()
+		}
+		return err
+	})
+	cfg := consumerConfig(t, src, "c0", rec)
+	cfg.MaxDeliveries = 100 // only a permanent error dead-letters at once
+	cons, err := streamtx.NewConsumer(rdb, cfg, h)
+	require.NoError(t, err)
+	stop := run(t, cons)
+	waitDrained(t, rdb, src)
+	stop()
+
+	// Entries i = 2, 4, ... published to the other slot.
+	var good, bad []string
+	for i, id := range srcIDs {
+		if (i+1)%2 == 0 {
+			bad = append(bad, id)
+		} else {
+			good = append(good, id)
+		}
+	}
+	mu.Lock()
+	require.Len(t, publishErrs, len(bad))
+	for id, err := range publishErrs {
+		require.ErrorIs(t, err, streamtx.ErrCrossSlot, "entry %s", id)
+		require.ErrorIs(t, err, txn.ErrBadPublish, "entry %s", id)
+	}
+	mu.Unlock()
+
+	assert.Equal(t, good, fieldOf(t, readAll(t, rdb, same), "src"), "same-slot publishes commit")
+	exists, err := rdb.Exists(ctx, other).Result()
+	require.NoError(t, err)
+	assert.Zero(t, exists, "nothing reached the other slot")
+	dead := readAll(t, rdb, cons.DeadLetterStream())
+	require.Equal(t, keys.Slot(src), keys.Slot(cons.DeadLetterStream()))
+	assert.Equal(t, bad, fieldOf(t, dead, "stx.id"), "cross-slot entries dead-lettered")
+	for _, m := range dead {
+		assert.Contains(t, m.Values["stx.error"], streamtx.ErrCrossSlot.Error())
+	}
+	assert.Equal(t, bad, rec.ids(streamtx.EventDeadLetter))
+	assert.Zero(t, pendingCount(t, rdb, src))
+
+	rec.checkNoCrossSlot(t)
+	checkNoCrossSlotAtServers(t, rdb)
+	t.Logf("events: %s", rec.summary())
+}
+
+// A manual failover (CLUSTER FAILOVER) of the master that holds the source
+// stream, while four consumers work through it: the run completes and every
+// exactly-once invariant holds.
+//
+// A producer keeps a backlog of entries ahead of the consumers (it adds the
+// next chunk when enough of the last ones have committed), so the consumers
+// are busy reading, handling and committing when the failover starts; it
+// adds the second half of the entries only once the failover is over, so
+// that they are consumed from the new master.
+func TestClusterFailoverMidRun(t *testing.T) {
+	t.Parallel()
+	const (
+		n       = 2000
+		chunk   = 50
+		backlog = 200
+	)
+	c := redistest.StartCluster(t, 3, 1)
+	rdb := c.Client(t)
+	rec := newRecorder(t)
+
+	src, out := "{orders-f}", "{orders-f}:out"
+	require.Equal(t, keys.Slot(src), keys.Slot(out))
+	stops := startConsumers(t, rdb, src, countTo(out), rec)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	prod := &producer{rdb: rdb, stream: src}
+	prodDone := make(chan error, 1)
+	failedOver := make(chan struct{})
+	go func() {
+		prodDone <- prod.run(ctx, n, chunk, func(ctx context.Context, added int) error {
+			if added >= n/2 {
+				select {
+				case <-failedOver:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			select {
+			case <-rec.whenCommitted(src, added-backlog):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+
+	select {
+	case <-rec.whenCommitted(src, n/10):
+	case err := <-prodDone:
+		t.Fatalf("producer stopped early: %v", err)
+	case <-time.After(waitTimeout):
+		t.Fatalf("fewer than %d entries committed after %v; events: %s", n/10, waitTimeout, rec.summary())
+	}
+	before := c.MasterFor(src)
+	atStart := rec.committed(src)
+	start := time.Now()
+	c.Failover(t, src)
+	after := c.MasterFor(src)
+	atEnd := rec.committed(src)
+	close(failedOver)
+	t.Logf("failover of %s: %s -> %s in %v; %d entries committed before, %d after",
+		src, before, after, time.Since(start).Round(time.Millisecond), atStart, atEnd)
+	require.NotEqual(t, before, after)
+	require.Less(t, atStart, n/2, "the failover started mid-run")
+
+	select {
+	case err := <-prodDone:
+		require.NoError(t, err, "producer")
+	case <-time.After(waitTimeout):
+		t.Fatalf("producer not done after %v; events: %s", waitTimeout, rec.summary())
+	}
+	waitDrained(t, rdb, src)
+	for _, stop := range stops {
+		stop()
+	}
+	checkExactlyOnce(t, rdb, src, out, prod.ids)
+	rec.checkNoCrossSlot(t)
+	checkNoCrossSlotAtServers(t, rdb)
+	t.Logf("events: %s", rec.summary())
+	logErrorStats(t, rdb)
+}
+
+// producer adds entries 1..n to a stream with explicit IDs 1-i, so that an
+// XADD retried after an error whose outcome is unknown (a failover may cut a
+// reply) is never added twice.
+type producer struct {
+	rdb    *redis.ClusterClient
+	stream string
+	ids    []string // read after run returns
+}
+
+// run adds the entries in chunks; before each chunk it calls gate with the
+// number added so far, and stops if gate fails.
+func (p *producer) run(ctx context.Context, n, chunk int, gate func(ctx context.Context, added int) error) error {
+	for start := 1; start <= n; start += chunk {
+		if err := gate(ctx, start-1); err != nil {
+			return err
+		}
+		pipe := p.rdb.Pipeline()
+		var ids []string
+		for i := start; i < start+chunk && i <= n; i++ {
+			id := "1-" + strconv.Itoa(i)
+			ids = append(ids, id)
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: p.stream, ID: id, Values: map[string]any{"i": i}})
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			for _, id := range ids {
+				if err := p.addOne(ctx, id); err != nil {
+					return err
+				}
+			}
+		}
+		p.ids = append(p.ids, ids...)
+	}
+	return nil
+}
+
+// addOne adds one entry unless it is there already, retrying errors for a
+// while.
+func (p *producer) addOne(ctx context.Context, id string) error {
+	var err error
+	for range 50 {
+		var got []redis.XMessage
+		if got, err = p.rdb.XRange(ctx, p.stream, id, id).Result(); err == nil {
+			if len(got) == 1 {
+				return nil
+			}
+			i := strings.TrimPrefix(id, "1-")
+			if err = p.rdb.XAdd(ctx, &redis.XAddArgs{Stream: p.stream, ID: id, Values: map[string]any{"i": i}}).Err(); err == nil {
+				return nil
+			}
+		}
+		select {
+		case <-time.After(100 * time.Millisecond): // backoff before retrying the failed command
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return fmt.Errorf("adding %s: %w", id, err)
+}
+
+// consumerConfig returns the config of one test consumer: short timings,
+// logs to the test's output, events to rec.
+func consumerConfig(t *testing.T, stream, name string, rec *recorder) streamtx.Config {
+	return streamtx.Config{
+		Stream:        stream,
+		Group:         group,
+		Consumer:      name,
+		Block:         20 * time.Millisecond,
+		ClaimIdle:     time.Second,
+		Backoff:       func(int64) time.Duration { return 10 * time.Millisecond },
+		CommitTimeout: 20 * time.Second,
+		Logger:        slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Observer:      rec,
+	}
+}
+
+// startConsumers starts consumersPer consumers of stream with handler h and
+// mixed batch sizes, and returns their stop functions.
+func startConsumers(t *testing.T, rdb *redis.ClusterClient, stream string, h streamtx.Handler, rec *recorder) []func() {
+	t.Helper()
+	var stops []func()
+	for i := range consumersPer {
+		cfg := consumerConfig(t, stream, "c"+strconv.Itoa(i), rec)
+		cfg.BatchSize = 10 * (i + 1) // mixed batch sizes contend more
+		cons, err := streamtx.NewConsumer(rdb, cfg, h)
+		require.NoError(t, err)
+		stops = append(stops, run(t, cons))
+	}
+	return stops
+}
+
+// run starts cons.Run in a goroutine and returns a stop function that
+// cancels it and waits for Run to return nil; it is also run when the test
+// ends.
+func run(t *testing.T, cons *streamtx.Consumer) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- cons.Run(ctx) }()
+	select {
+	case <-cons.Ready():
+	case err := <-errc:
+		cancel()
+		t.Fatalf("Run returned before ready: %v", err)
+	case <-time.After(waitTimeout):
+		cancel()
+		t.Fatalf("consumer not ready after %v", waitTimeout)
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-errc:
+				assert.NoError(t, err, "Run")
+			case <-time.After(waitTimeout):
+				t.Errorf("Run did not return %v after cancel", waitTimeout)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// addEntries appends entries i = from..to (field "i") to stream and returns
+// their IDs.
+func addEntries(t *testing.T, rdb *redis.ClusterClient, stream string, from, to int) []string {
+	t.Helper()
+	ctx := context.Background()
+	var ids []string
+	for start := from; start <= to; start += 500 {
+		pipe := rdb.Pipeline()
+		var cmds []*redis.StringCmd
+		for i := start; i < start+500 && i <= to; i++ {
+			cmds = append(cmds, pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: map[string]any{"i": i}}))
+		}
+		_, err := pipe.Exec(ctx)
+		require.NoError(t, err)
+		for _, c := range cmds {
+			ids = append(ids, c.Val())
+		}
+	}
+	return ids
+}
+
+// waitDrained polls until the group has been delivered every entry of
+// stream and has nothing pending.
+func waitDrained(t *testing.T, rdb *redis.ClusterClient, stream string) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(waitTimeout)
+	var why string
+	for {
+		groups, err := rdb.XInfoGroups(ctx, stream).Result()
+		last, err2 := rdb.XRevRangeN(ctx, stream, "+", "-", 1).Result()
+		switch {
+		case err != nil || err2 != nil:
+			why = fmt.Sprintf("XINFO GROUPS: %v, XREVRANGE: %v", err, err2)
+		case len(groups) != 1 || len(last) != 1:
+			why = fmt.Sprintf("%d groups, %d entries", len(groups), len(last))
+		case groups[0].Pending != 0 || groups[0].LastDeliveredID != last[0].ID:
+			why = fmt.Sprintf("%d pending, last delivered %s of %s", groups[0].Pending, groups[0].LastDeliveredID, last[0].ID)
+		default:
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not drained after %v: %s", stream, waitTimeout, why)
+		}
+		time.Sleep(10 * time.Millisecond) // polling for the consumers to finish
+	}
+}
+
+// checkExactlyOnce checks the counter's invariants: out holds counters
+// exactly 1..N, each source ID once, and the state is N, last applied at
+// the entry that published N.
+func checkExactlyOnce(t *testing.T, rdb *redis.ClusterClient, src, out string, srcIDs []string) {
+	t.Helper()
+	n := len(srcIDs)
+	got := readAll(t, rdb, out)
+	counters := make(map[int]string, n)
+	sources := make(map[string]bool, n)
+	for _, m := range got {
+		k, err := strconv.Atoi(m.Values["n"].(string))
+		require.NoError(t, err)
+		s := m.Values["src"].(string)
+		if prev, ok := counters[k]; ok {
+			t.Fatalf("%s: counter %d published twice: by %s and %s", out, k, prev, s)
+		}
+		if sources[s] {
+			t.Fatalf("%s: source %s published twice", out, s)
+		}
+		counters[k], sources[s] = s, true
+	}
+	for i := 1; i <= n; i++ {
+		if _, ok := counters[i]; !ok {
+			t.Fatalf("%s: counter %d missing", out, i)
+		}
+	}
+	for _, id := range srcIDs {
+		if !sources[id] {
+			t.Fatalf("%s: source %s missing", out, id)
+		}
+	}
+	require.Len(t, got, n, out)
+
+	snap, err := streamtx.ReadState[counter](context.Background(), rdb, src, group, "counter")
+	require.NoError(t, err)
+	require.Equal(t, n, snap.Value.N, "%s: state", src)
+	require.Equal(t, counters[n], snap.LastID, "%s: the state was last applied at the entry that published %d", src, n)
+	require.Zero(t, pendingCount(t, rdb, src))
+	dlq, err := keys.NewSpace(src, group)
+	require.NoError(t, err)
+	dead, err := rdb.XLen(context.Background(), dlq.DeadLetters()).Result()
+	require.NoError(t, err)
+	require.Zero(t, dead, "%s: dead letters", src)
+}
+
+func readAll(t *testing.T, rdb *redis.ClusterClient, stream string) []redis.XMessage {
+	t.Helper()
+	ms, err := rdb.XRange(context.Background(), stream, "-", "+").Result()
+	require.NoError(t, err)
+	return ms
+}
+
+// fieldOf returns one field of every entry.
+func fieldOf(t *testing.T, ms []redis.XMessage, field string) []string {
+	t.Helper()
+	vs := make([]string, len(ms))
+	for i, m := range ms {
+		v, ok := m.Values[field].(string)
+		require.True(t, ok, "entry %s has no field %q: %v", m.ID, field, m.Values)
+		vs[i] = v
+	}
+	return vs
+}
+
+func pendingCount(t *testing.T, rdb *redis.ClusterClient, stream string) int64 {
+	t.Helper()
+	p, err := rdb.XPending(context.Background(), stream, group).Result()
+	require.NoError(t, err)
+	return p.Count
+}
+
+// checkNoCrossSlotAtServers checks, on every node, that Redis never answered
+// a command with a CROSSSLOT error (INFO errorstats).
+func checkNoCrossSlotAtServers(t *testing.T, rdb *redis.ClusterClient) {
+	t.Helper()
+	err := rdb.ForEachShard(context.Background(), func(ctx context.Context, node *redis.Client) error {
+		info, err := node.Info(ctx, "errorstats").Result()
+		if err != nil {
+			return err
+		}
+		if strings.Contains(info, "CROSSSLOT") {
+			return fmt.Errorf("%s answered CROSSSLOT:\n%s", node.Options().Addr, info)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+}
+
+// logErrorStats logs the errors each node answered with (INFO errorstats):
+// after a failover, the MOVED redirections the clients followed.
+func logErrorStats(t *testing.T, rdb *redis.ClusterClient) {
+	t.Helper()
+	var mu sync.Mutex
+	err := rdb.ForEachShard(context.Background(), func(ctx context.Context, node *redis.Client) error {
+		info, err := node.Info(ctx, "errorstats").Result()
+		if err != nil {
+			return err
+		}
+		var stats []string
+		for _, line := range strings.Split(info, "\n") {
+			if line = strings.TrimSpace(line); strings.HasPrefix(line, "errorstat_") {
+				stats = append(stats, strings.TrimPrefix(line, "errorstat_"))
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		t.Logf("%s errors: %v", node.Options().Addr, stats)
+		return nil
+	})
+	assert.NoError(t, err, "INFO errorstats")
+}
+
+// recorder is an Observer that keeps the events of every consumer of a
+// test.
+type recorder struct {
+	t         *testing.T
+	mu        sync.Mutex
+	kinds     map[streamtx.EventKind]int
+	errs      []string                        // EventError texts
+	byKind    map[streamtx.EventKind][]string // IDs in order
+	done      map[string]map[string]bool      // stream -> committed IDs
+	waiters   []waiter
+	crossSlot []string
+}
+
+func newRecorder(t *testing.T) *recorder {
+	return &recorder{
+		t:      t,
+		kinds:  make(map[streamtx.EventKind]int),
+		byKind: make(map[streamtx.EventKind][]string),
+		done:   make(map[string]map[string]bool),
+	}
+}
+
+func (r *recorder) Observe(e streamtx.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.kinds[e.Kind]++
+	r.byKind[e.Kind] = append(r.byKind[e.Kind], e.IDs...)
+	if e.Err != nil && strings.Contains(e.Err.Error(), "CROSSSLOT") {
+		r.crossSlot = append(r.crossSlot, fmt.Sprintf("%s %s: %v", e.Consumer, e.Kind, e.Err))
+	}
+	switch e.Kind {
+	case streamtx.EventError:
+		r.errs = append(r.errs, fmt.Sprintf("%s/%s: %v", e.Stream, e.Consumer, e.Err))
+	case streamtx.EventCommit:
+		d := r.done[e.Stream]
+		if d == nil {
+			d = make(map[string]bool)
+			r.done[e.Stream] = d
+		}
+		for _, id := range e.IDs {
+			if d[id] {
+				r.t.Errorf("%s: entry %s reported committed twice (by %s)", e.Stream, id, e.Consumer)
+			}
+			d[id] = true
+		}
+		r.waiters = slices.DeleteFunc(r.waiters, func(w waiter) bool {
+			if w.stream == e.Stream && len(d) >= w.n {
+				close(w.ch)
+				return true
+			}
+			return false
+		})
+	}
+}
+
+// whenCommitted returns a channel closed once n entries of stream have been
+// committed.
+func (r *recorder) whenCommitted(stream string, n int) <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ch := make(chan struct{})
+	if len(r.done[stream]) >= n {
+		close(ch)
+		return ch
+	}
+	r.waiters = append(r.waiters, waiter{stream, n, ch})
+	return ch
+}
+
+// waiter is a channel to close once n entries of stream have committed.
+type waiter struct {
+	stream string
+	n      int
+	ch     chan struct{}
+}
+
+func (r *recorder) committed(stream string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.done[stream])
+}
+
+// ids returns the IDs of every event of kind, sorted.
+func (r *recorder) ids(kind streamtx.EventKind) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids := append([]string(nil), r.byKind[kind]...)
+	sort.Slice(ids, func(i, j int) bool { return lessID(ids[i], ids[j]) })
+	return ids
+}
+
+// checkNoCrossSlot checks that no event carried a CROSSSLOT error from
+// Redis.
+func (r *recorder) checkNoCrossSlot(t *testing.T) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	assert.Empty(t, r.crossSlot, "CROSSSLOT errors reached Redis")
+}
+
+// summary counts the events by kind and quotes the errors.
+func (r *recorder) summary() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	for k := streamtx.EventCommit; k <= streamtx.EventError; k++ {
+		fmt.Fprintf(&b, "%s=%d ", k, r.kinds[k])
+	}
+	const maxErrs = 20
+	for i, e := range r.errs {
+		if i == maxErrs {
+			fmt.Fprintf(&b, "\n  ... %d more errors", len(r.errs)-maxErrs)
+			break
+		}
+		fmt.Fprintf(&b, "\n  error: %s", e)
+	}
+	return b.String()
+}
+
+// lessID orders stream IDs numerically.
+func lessID(a, b string) bool {
+	am, as, _ := strings.Cut(a, "-")
+	bm, bs, _ := strings.Cut(b, "-")
+	if len(am) != len(bm) {
+		return len(am) < len(bm)
+	}
+	if am != bm {
+		return am < bm
+	}
+	if len(as) != len(bs) {
+		return len(as) < len(bs)
+	}
+	return as < bs
+}
