@@ -472,11 +472,19 @@ func (c *Consumer) step(ctx, hctx context.Context) error {
 	now := time.Now()
 	var msgs []*Message
 	var err error
+	due := c.dueRetries(now)
+	claiming := c.recoverOwn || due != nil || !now.Before(c.nextClaim)
+	if claiming && c.inflight != nil {
+		// A claim bumps delivery counts: settle the commit in flight first,
+		// or the claim could fence it.
+		c.settleAndRerun(ctx, hctx)
+		return nil
+	}
 	switch {
 	case c.recoverOwn:
 		msgs, err = c.claimOwn(ctx)
-	case c.dueRetries(now) != nil:
-		msgs, err = c.claimIDs(ctx, c.dueRetries(now))
+	case due != nil:
+		msgs, err = c.claimIDs(ctx, due)
 	case !now.Before(c.nextClaim):
 		msgs, err = c.claimIdle(ctx)
 	case c.cfg.Retention.enabled() && !now.Before(c.nextTrim):
