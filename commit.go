@@ -89,7 +89,7 @@ func (c *Consumer) settle(ctx context.Context) (rerun []*Message, ok bool) {
 	}
 	switch j.res.Code {
 	case rdb.CodeOK:
-		c.states.Committed(j.cm.States)
+		c.states.Committed(j.cm.States, j.cm.Token)
 		c.report(Event{Kind: EventCommit, IDs: ids, Duration: time.Since(j.start)})
 		return nil, true
 	case rdb.CodeNotOwned:

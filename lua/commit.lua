@@ -2,7 +2,8 @@
 --
 -- KEYS[1]              -> source stream
 -- KEYS[2]              -> offsets hash (field = consumer, value = highest committed ID)
--- KEYS[3 .. 2+ns]      -> state records (hashes: d = data, v = version, id = last entry ID)
+-- KEYS[3 .. 2+ns]      -> state records (hashes: d = data, v = version, id = last entry ID,
+--                         t = token of the commit that wrote it)
 -- KEYS[3+ns .. ]       -> publish target streams
 --
 -- ARGV[1]              -> group
@@ -12,8 +13,10 @@
 -- ARGV[5]              -> np, number of publishes
 -- ARGV[6]              -> highest entry ID of the batch (the new committed offset)
 -- ARGV[7]              -> lowest entry ID of the batch
+-- ARGV[8]              -> token of this commit, unique: written into every state record
 -- then ne pairs        -> entry ID, delivery count seen at delivery
--- then ns triples      -> version read by the handler (0 = absent), data, last entry ID
+-- then ns quadruples   -> version and token read by the handler (0 and "" = absent),
+--                         data, last entry ID
 -- then np publishes    -> target index t (KEYS[2+ns+t]), field count n, n field/value pairs
 --
 -- Returns one of:
@@ -21,7 +24,9 @@
 --   {1, i, ...}            NOT_OWNED: entries i are not pending for this consumer
 --                          with the delivery count seen (acked already, claimed, or
 --                          re-delivered since)
---   {2, i, ...}            VERSION_CONFLICT: state records i have another version
+--   {2, i, ...}            VERSION_CONFLICT: state records i have another version or
+--                          token (another history: a rollback then other commits can
+--                          bring a record back to the same version with other data)
 --   {3, t, ...}            WRONG_TYPE: publish targets t exist and are not streams,
 --                          or are the offsets hash or a state record of this commit
 --   error WRONGTYPE        the offsets hash or a state record has another type
@@ -29,8 +34,8 @@
 
 local group, consumer = ARGV[1], ARGV[2]
 local ne, ns, np = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local offset = ARGV[6]
-local a = 8
+local offset, token = ARGV[6], ARGV[8]
+local a = 9
 
 -- Phase 1: checks. No write may come before the last one.
 -- Ownership: one XPENDING over the batch's ID range, filtered to this
@@ -80,11 +85,11 @@ end
 
 local stateArg = a
 for i = 1, ns do
-  local v = redis.call('HGET', KEYS[2 + i], 'v')
-  if (tonumber(v) or 0) ~= tonumber(ARGV[a]) then
+  local r = redis.call('HMGET', KEYS[2 + i], 'v', 't')
+  if (tonumber(r[1]) or 0) ~= tonumber(ARGV[a]) or (r[2] or '') ~= ARGV[a + 1] then
     bad[#bad + 1] = i
   end
-  a = a + 3
+  a = a + 4
 end
 if #bad > 0 then
   return {2, unpack(bad)}
@@ -109,8 +114,8 @@ end
 -- Phase 2: writes.
 a = stateArg
 for i = 1, ns do
-  redis.call('HSET', KEYS[2 + i], 'd', ARGV[a + 1], 'v', tonumber(ARGV[a]) + 1, 'id', ARGV[a + 2])
-  a = a + 3
+  redis.call('HSET', KEYS[2 + i], 'd', ARGV[a + 2], 'v', tonumber(ARGV[a]) + 1, 'id', ARGV[a + 3], 't', token)
+  a = a + 4
 end
 
 for _ = 1, np do

@@ -1,10 +1,13 @@
 // Package state encodes handler state as msgpack and reads state records
 // from Redis.
 //
-// A state record is a Redis hash with three fields: "d", the msgpack-encoded
-// value (opaque to Lua); "v", its version, incremented by every commit that
-// writes it; and "id", the ID of the last entry applied to it. An absent
-// record is the zero value at version 0.
+// A state record is a Redis hash: "d", the msgpack-encoded value (opaque to
+// Lua); "v", its version, incremented by every commit that writes it; "id",
+// the ID of the last entry applied to it; and "t", a random token of the
+// commit that wrote it. A commit checks version and token, so a record
+// rolled back by a failover and rewritten to the same version by other
+// commits is still seen as changed. An absent record is the zero value at
+// version 0.
 //
 // Decoding never runs code and never panics: bytes that do not decode into
 // the state type are an error.
@@ -28,6 +31,7 @@ const (
 	FieldData    = "d"
 	FieldVersion = "v"
 	FieldLastID  = "id"
+	FieldToken   = "t"
 )
 
 // ErrCorrupt is returned for a state record whose fields are malformed (a
@@ -90,15 +94,23 @@ func Encode[S any](v *S) ([]byte, error) {
 // Load reads the state record at key. An absent record is Record{} with no
 // error.
 func Load(ctx context.Context, rdb redis.Cmdable, key string) (txn.Record, error) {
-	vals, err := rdb.HMGet(ctx, key, FieldData, FieldVersion, FieldLastID).Result()
+	vals, err := rdb.HMGet(ctx, key, FieldData, FieldVersion, FieldLastID, FieldToken).Result()
 	if err != nil {
 		return txn.Record{}, err
 	}
 	return ParseRecord(key, vals)
 }
 
-// ParseRecord builds a Record from the HMGET reply for (d, v, id).
+// ParseRecord builds a Record from the HMGET reply for (d, v, id) or
+// (d, v, id, t).
 func ParseRecord(key string, vals []any) (txn.Record, error) {
+	if len(vals) == 4 {
+		rec, err := ParseRecord(key, vals[:3])
+		if err == nil && rec.Version > 0 {
+			rec.Token, _ = vals[3].(string)
+		}
+		return rec, err
+	}
 	if len(vals) != 3 {
 		return txn.Record{}, fmt.Errorf("%w: %q: %d fields", ErrCorrupt, key, len(vals))
 	}

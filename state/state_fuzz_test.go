@@ -221,8 +221,15 @@ func FuzzParseRecord(f *testing.F) {
 			}
 			return
 		}
-		if len(vals) != 3 {
+		if len(vals) != 3 && len(vals) != 4 {
 			t.Fatalf("accepted %d fields", len(vals))
+		}
+		if len(vals) == 4 {
+			tok, _ := vals[3].(string)
+			if rec.Version > 0 && rec.Token != tok {
+				t.Fatalf("token %v parsed as %q", vals[3], rec.Token)
+			}
+			vals = vals[:3]
 		}
 		if vals[0] == nil && vals[1] == nil && vals[2] == nil {
 			if rec.Data != nil || rec.Version != 0 || rec.LastID != "" {

@@ -19,6 +19,7 @@ type Record struct {
 	Data    []byte // encoded value; nil when the record does not exist
 	Version int64  // 0 when the record does not exist
 	LastID  string // ID of the last entry applied to it
+	Token   string // token of the commit that wrote it ("" when absent)
 }
 
 // Loader reads the state record stored at a Redis key.
@@ -68,6 +69,7 @@ func NewStates(load Loader, name Namer, max int) *States {
 type Slot struct {
 	Key     string
 	version int64  // version in Redis this copy is based on
+	token   string // token of the commit that wrote that version
 	blob    []byte // data after the last successful transaction
 	lastID  string
 	value   any    // decoded working value; nil: decode blob when needed
@@ -107,7 +109,7 @@ func (st *States) slot(ctx context.Context, name, key string, keyed bool, codec 
 		if err != nil {
 			return nil, fmt.Errorf("txn: load state %q: %w", k, err)
 		}
-		s = &Slot{Key: k, version: rec.Version, blob: rec.Data, lastID: rec.LastID}
+		s = &Slot{Key: k, version: rec.Version, token: rec.Token, blob: rec.Data, lastID: rec.LastID}
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -126,7 +128,8 @@ func (st *States) slot(ctx context.Context, name, key string, keyed bool, codec 
 // Write is one state record to write in a commit.
 type Write struct {
 	Key     string
-	Version int64 // the version the changes were based on (the script checks it)
+	Version int64  // the version the changes were based on (the script checks it)
+	Token   string // the token of that version (the script checks it too)
 	Data    []byte
 	LastID  string
 	gen     uint64
@@ -137,21 +140,21 @@ type Write struct {
 func (st *States) Dirty() []Write {
 	w := make([]Write, len(st.dirty))
 	for i, s := range st.dirty {
-		w[i] = Write{Key: s.Key, Version: s.version, Data: s.blob, LastID: s.lastID, gen: s.gen}
+		w[i] = Write{Key: s.Key, Version: s.version, Token: s.token, Data: s.blob, LastID: s.lastID, gen: s.gen}
 	}
 	return w
 }
 
-// Committed records that writes (from Dirty) were committed: each record is
-// now at its version+1 in Redis. A record changed again after Dirty stays
-// dirty, based on the new version.
-func (st *States) Committed(writes []Write) {
+// Committed records that writes (from Dirty) were committed with token:
+// each record is now at its version+1 in Redis. A record changed again after
+// Dirty stays dirty, based on the new version.
+func (st *States) Committed(writes []Write, token string) {
 	for _, w := range writes {
 		s, ok := st.slots[w.Key]
 		if !ok {
 			continue
 		}
-		s.version = w.Version + 1
+		s.version, s.token = w.Version+1, token
 		if s.gen == w.gen {
 			s.dirty = false
 		}

@@ -110,7 +110,7 @@ func TestStateRollbackAndSeal(t *testing.T) {
 	require.Equal(t, "3-0", w[0].LastID)
 	require.Equal(t, 1, loads, "cached between transactions")
 
-	st.Committed(w)
+	st.Committed(w, "tok")
 	require.Empty(t, st.Dirty())
 	tx = txn.New(env, "4-0")
 	v, err = tx.State(ctx, "n", "", false, codec)

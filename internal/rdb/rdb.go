@@ -5,8 +5,11 @@ package rdb
 
 import (
 	"context"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 
 	"github.com/redis/go-redis/v9"
@@ -59,6 +62,9 @@ type Commit struct {
 	Deliveries      []int64
 	States          []txn.Write
 	Publishes       []txn.Publish
+	// Token identifies this commit; it is written into every state record.
+	// Empty: Build draws a random one.
+	Token string
 	// Targets lists the distinct publish streams; PubTarget[i] is the index
 	// into Targets of Publishes[i]. Filled by Build.
 	Targets   []string
@@ -95,7 +101,10 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 	}
 	keys = append(keys, c.Targets...)
 
-	n := 7 + 2*len(c.IDs) + 3*len(c.States)
+	if c.Token == "" {
+		c.Token = NewToken()
+	}
+	n := 8 + 2*len(c.IDs) + 4*len(c.States)
 	for _, p := range c.Publishes {
 		n += 2 + len(p.Fields)
 	}
@@ -109,12 +118,12 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 			lo = id
 		}
 	}
-	args = append(args, c.Group, c.Consumer, len(c.IDs), len(c.States), len(c.Publishes), hi, lo)
+	args = append(args, c.Group, c.Consumer, len(c.IDs), len(c.States), len(c.Publishes), hi, lo, c.Token)
 	for i, id := range c.IDs {
 		args = append(args, id, c.Deliveries[i])
 	}
 	for _, s := range c.States {
-		args = append(args, s.Version, s.Data, s.LastID)
+		args = append(args, s.Version, s.Token, s.Data, s.LastID)
 	}
 	for i, p := range c.Publishes {
 		args = append(args, c.PubTarget[i]+1, len(p.Fields)/2)
@@ -123,6 +132,14 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 		}
 	}
 	return keys, args, nil
+}
+
+// NewToken returns a random commit token.
+func NewToken() string {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
+	return hex.EncodeToString(b[:])
 }
 
 // Result is a script's status reply: a code and, for refusals, the 0-based

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strconv"
 	"testing"
 	"time"
 
@@ -225,22 +226,23 @@ func TestCommitOK(t *testing.T) {
 		{Stream: out1, Fields: []string{"a", "3"}},
 		{Stream: out2, Fields: []string{"b", "2"}},
 	}
+	c.Token = "T1"
 	r, err := e.commit(c)
 	require.NoError(t, err)
 	require.Equal(t, rdb.Result{Code: rdb.CodeOK}, r)
 	assert.Equal(t, []string{out1, out2}, c.Targets)
 	assert.Equal(t, []int{0, 1, 0, 0, 1}, c.PubTarget)
 
-	// State records: exactly d, v, id; version + 1.
+	// State records: exactly d, v, id, t; version + 1, the commit's token.
 	h, err := e.rdb.HGetAll(e.ctx, counter).Result()
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"d": "\x81\xa1N\x03", "v": "1", "id": ids[2]}, h)
+	assert.Equal(t, map[string]string{"d": "\x81\xa1N\x03", "v": "1", "id": ids[2], "t": "T1"}, h)
 	h, err = e.rdb.HGetAll(e.ctx, other).Result()
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"d": "\x00\xff\x01", "v": "4", "id": ids[1]}, h)
+	assert.Equal(t, map[string]string{"d": "\x00\xff\x01", "v": "4", "id": ids[1], "t": "T1"}, h)
 	rec, err := state.Load(e.ctx, e.rdb, other)
 	require.NoError(t, err)
-	assert.Equal(t, txn.Record{Data: []byte{0, 0xff, 1}, Version: 4, LastID: ids[1]}, rec)
+	assert.Equal(t, txn.Record{Data: []byte{0, 0xff, 1}, Version: 4, LastID: ids[1], Token: "T1"}, rec)
 	rec, err = state.Load(e.ctx, e.rdb, e.space.State("absent"))
 	require.NoError(t, err)
 	assert.Equal(t, txn.Record{}, rec)
@@ -290,12 +292,13 @@ func TestCommitOnlyPublishesOrOnlyState(t *testing.T) {
 
 	c = e.newCommit("c1", ids[1])
 	c.States = []txn.Write{{Key: e.space.State("s"), Data: []byte("x"), LastID: ids[1]}}
+	c.Token = "T2"
 	r, err = e.commit(c)
 	require.NoError(t, err)
 	require.Equal(t, rdb.CodeOK, r.Code)
 	rec, err := state.Load(e.ctx, e.rdb, e.space.State("s"))
 	require.NoError(t, err)
-	assert.Equal(t, txn.Record{Data: []byte("x"), Version: 1, LastID: ids[1]}, rec)
+	assert.Equal(t, txn.Record{Data: []byte("x"), Version: 1, LastID: ids[1], Token: "T2"}, rec)
 	assert.Empty(t, e.pending())
 }
 
@@ -305,16 +308,19 @@ func TestCommitVersionsCount(t *testing.T) {
 	ids := e.add(5)
 	e.read("c1", 5)
 	key := e.space.State("n")
+	prev := ""
 	for i, id := range ids {
 		c := e.newCommit("c1", id)
-		c.States = []txn.Write{{Key: key, Version: int64(i), Data: []byte{byte(i)}, LastID: id}}
+		c.States = []txn.Write{{Key: key, Version: int64(i), Token: prev, Data: []byte{byte(i)}, LastID: id}}
+		c.Token = "T" + strconv.Itoa(i)
+		prev = c.Token
 		r, err := e.commit(c)
 		require.NoError(t, err)
 		require.Equal(t, rdb.CodeOK, r.Code, "commit %d", i)
 	}
 	rec, err := state.Load(e.ctx, e.rdb, key)
 	require.NoError(t, err)
-	assert.Equal(t, txn.Record{Data: []byte{4}, Version: 5, LastID: ids[4]}, rec)
+	assert.Equal(t, txn.Record{Data: []byte{4}, Version: 5, LastID: ids[4], Token: "T4"}, rec)
 }
 
 func TestCommitOffsetNeverMovesBackwards(t *testing.T) {
