@@ -237,6 +237,9 @@ type Consumer struct {
 	space   keys.Space
 	dlq     string
 	cluster bool
+	slot    int      // the source stream's cluster slot
+	slots   sync.Map // publish target -> slot
+	nslots  atomic.Int64
 	scripts *rdb.Scripts
 	states  *txn.States
 	env     *txn.Env
@@ -302,6 +305,7 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		space:      space,
 		dlq:        dlq,
 		cluster:    cluster,
+		slot:       keys.Slot(cfg.Stream),
 		scripts:    rdb.NewScripts(),
 		log:        cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
 		ready:      make(chan struct{}),
@@ -335,13 +339,29 @@ func (c *Consumer) loadState(ctx context.Context, key string) (txn.Record, error
 	return state.Load(ctx, c.rdb, key)
 }
 
+// slotOf returns the cluster slot of a publish target, memoised: handlers
+// publish to few streams, many times.
+func (c *Consumer) slotOf(stream string) int {
+	if v, ok := c.slots.Load(stream); ok {
+		return v.(int)
+	}
+	slot := keys.Slot(stream)
+	if c.nslots.Add(1) <= 4096 { // bounded: some handlers publish to per-entity streams
+		c.slots.Store(stream, slot)
+	}
+	return slot
+}
+
 // route vets a publish, and sends one for another cluster slot through the
 // outbox when Config.CrossSlot says so.
 func (c *Consumer) route(p *txn.Publish) error {
 	if strings.HasPrefix(p.Stream, c.space.Base()) {
 		return fmt.Errorf("%q is one of streamtx's own keys for this group", p.Stream)
 	}
-	if keys.Slot(p.Stream) == keys.Slot(c.cfg.Stream) {
+	if !c.cluster && c.cfg.CrossSlot != CrossSlotRelay {
+		return nil // one server: every key is reachable from the script
+	}
+	if c.slotOf(p.Stream) == c.slot {
 		return nil
 	}
 	switch {
@@ -357,7 +377,7 @@ func (c *Consumer) route(p *txn.Publish) error {
 		p.Stream, p.Fields = c.space.Outbox(), fields
 	case c.cluster:
 		return fmt.Errorf("%w: slot %d, source %q is in slot %d (set Config.CrossSlot to CrossSlotRelay)",
-			ErrCrossSlot, keys.Slot(p.Stream), c.cfg.Stream, keys.Slot(c.cfg.Stream))
+			ErrCrossSlot, c.slotOf(p.Stream), c.cfg.Stream, c.slot)
 	}
 	return nil
 }

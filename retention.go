@@ -43,4 +43,3 @@ func (c *Consumer) retain(ctx context.Context) error {
 	}
 	return nil
 }
-
