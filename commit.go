@@ -107,11 +107,17 @@ func (c *Consumer) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		c.log.Info("streamtx: entries no longer owned; dropped", "ids", fenced)
 		return remaining(items, drop), false
 	case rdb.CodeConflict:
-		c.states.Discard()
+		stale := make([]string, 0, len(j.res.Index))
+		for _, i := range j.res.Index {
+			if i < len(j.cm.States) {
+				stale = append(stale, j.cm.States[i].Key)
+			}
+		}
+		c.states.Rollback(stale)
 		c.report(Event{Kind: EventConflict, IDs: ids, Err: ErrVersionConflict})
 		return remaining(items, nil), false
 	default: // rdb.CodeWrongType
-		c.states.Discard()
+		c.states.Rollback(nil)
 		bad := make(map[string]bool, len(j.res.Index))
 		for _, t := range j.res.Index {
 			if t < len(j.cm.Targets) {

@@ -335,8 +335,8 @@ func (c *Consumer) stateKey(name, key string, keyed bool) string {
 	return c.space.State(name)
 }
 
-func (c *Consumer) loadState(ctx context.Context, key string) (txn.Record, error) {
-	return state.Load(ctx, c.rdb, key)
+func (c *Consumer) loadState(ctx context.Context, keys []string) ([]txn.Record, error) {
+	return state.LoadMany(ctx, c.rdb, keys)
 }
 
 // slotOf returns the cluster slot of a publish target, memoised: handlers
@@ -790,6 +790,17 @@ func messagesOf(items []item) []*Message {
 func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 	txs := make([]*txn.Tx, len(msgs))
 	errs := make([]error, len(msgs))
+	if p, ok := c.h.(interface{ stateRef(*Message) txn.Ref }); ok {
+		refs := make([]txn.Ref, len(msgs))
+		for i, m := range msgs {
+			refs[i] = p.stateRef(m)
+		}
+		if err := c.states.Prefetch(hctx, refs); err != nil {
+			// The handlers load what they need themselves, and fail if
+			// Redis is really gone.
+			c.log.Warn("streamtx: prefetching state failed", "err", err)
+		}
+	}
 	if c.cfg.Parallelism > 1 && len(msgs) > 1 {
 		c.handleLanes(hctx, msgs, txs, errs)
 	} else {

@@ -91,6 +91,15 @@ func (h *stateHandler[S]) Handle(ctx context.Context, msg *Message, tx *txn.Tx) 
 
 func (h *stateHandler[S]) partitionKey() func(*Message) string { return h.key }
 
+// stateRef names the record Handle will touch, so that a batch's records
+// are loaded in one round trip.
+func (h *stateHandler[S]) stateRef(m *Message) txn.Ref {
+	if h.key == nil {
+		return txn.Ref{Name: h.name}
+	}
+	return txn.Ref{Name: h.name, Key: h.key(m), Keyed: true}
+}
+
 func (h *stateHandler[S]) validate() error {
 	if h.fn == nil {
 		return errors.New("streamtx: Stateful/Keyed " + strconv.Quote(h.name) + ": nil function")

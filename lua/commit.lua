@@ -71,16 +71,16 @@ if #bad > 0 then
   return {1, unpack(bad)}
 end
 
--- streamtx's own keys must hold what it put there: a hash or nothing.
+-- streamtx's own keys must hold what it put there: a hash or nothing. (The
+-- state records' HMGET below fails on another type, before any write; the
+-- offsets hash is only read after the writes, so check it now.)
 local function kind(key)
   local ty = redis.call('TYPE', key)
   return ty.ok or ty
 end
-for i = 2, 2 + ns do
-  local ty = kind(KEYS[i])
-  if ty ~= 'hash' and ty ~= 'none' then
-    return redis.error_reply('WRONGTYPE streamtx key ' .. KEYS[i] .. ' holds a ' .. ty .. ', not a hash; nothing was written')
-  end
+local offsetsType = kind(KEYS[2])
+if offsetsType ~= 'hash' and offsetsType ~= 'none' then
+  return redis.error_reply('WRONGTYPE streamtx key ' .. KEYS[2] .. ' holds a ' .. offsetsType .. ', not a hash; nothing was written')
 end
 
 local stateArg = a

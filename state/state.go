@@ -101,6 +101,31 @@ func Load(ctx context.Context, rdb redis.Cmdable, key string) (txn.Record, error
 	return ParseRecord(key, vals)
 }
 
+// LoadMany reads the state records at keys in one pipelined round trip.
+func LoadMany(ctx context.Context, rdb redis.Cmdable, keys []string) ([]txn.Record, error) {
+	if len(keys) == 1 {
+		rec, err := Load(ctx, rdb, keys[0])
+		return []txn.Record{rec}, err
+	}
+	cmds := make([]*redis.SliceCmd, len(keys))
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.HMGet(ctx, k, FieldData, FieldVersion, FieldLastID, FieldToken)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	recs := make([]txn.Record, len(keys))
+	for i, c := range cmds {
+		if recs[i], err = ParseRecord(keys[i], c.Val()); err != nil {
+			return nil, err
+		}
+	}
+	return recs, nil
+}
+
 // ParseRecord builds a Record from the HMGET reply for (d, v, id) or
 // (d, v, id, t).
 func ParseRecord(key string, vals []any) (txn.Record, error) {

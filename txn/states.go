@@ -22,8 +22,14 @@ type Record struct {
 	Token   string // token of the commit that wrote it ("" when absent)
 }
 
-// Loader reads the state record stored at a Redis key.
-type Loader func(ctx context.Context, key string) (Record, error)
+// Loader reads the state records stored at Redis keys, in one round trip.
+type Loader func(ctx context.Context, keys []string) ([]Record, error)
+
+// Ref names a state record: a state name and, for keyed state, an entity key.
+type Ref struct {
+	Name, Key string
+	Keyed     bool
+}
 
 // Namer maps a state name (and, for keyed state, an entity key) to a Redis key.
 type Namer func(name, key string, keyed bool) string
@@ -72,6 +78,8 @@ type Slot struct {
 	token   string // token of the commit that wrote that version
 	blob    []byte // data after the last successful transaction
 	lastID  string
+	base    []byte // data in Redis at version
+	baseID  string // last entry ID in Redis at version
 	value   any    // decoded working value; nil: decode blob when needed
 	pending []byte // encoded during Seal, before it is applied
 	gen     uint64 // incremented by every Seal that changes the slot
@@ -93,8 +101,8 @@ func (s *Slot) working() (any, error) {
 	return v, nil
 }
 
-func (st *States) slot(ctx context.Context, name, key string, keyed bool, codec Codec, lane int) (*Slot, error) {
-	st.mu.Lock()
+// key returns the Redis key of a state record; st.mu must be held.
+func (st *States) key(name, key string, keyed bool) string {
 	k, ok := st.named[name]
 	if keyed || !ok {
 		k = st.name(name, key, keyed)
@@ -102,14 +110,58 @@ func (st *States) slot(ctx context.Context, name, key string, keyed bool, codec 
 			st.named[name] = k
 		}
 	}
+	return k
+}
+
+func newSlot(k string, rec Record) *Slot {
+	return &Slot{Key: k, version: rec.Version, token: rec.Token, blob: rec.Data, lastID: rec.LastID, base: rec.Data, baseID: rec.LastID}
+}
+
+// Prefetch loads the records refs name that are not cached, in one round
+// trip, so that handlers do not wait for them one by one.
+func (st *States) Prefetch(ctx context.Context, refs []Ref) error {
+	st.mu.Lock()
+	var missing []string
+	seen := make(map[string]bool, len(refs))
+	for _, r := range refs {
+		k := st.key(r.Name, r.Key, r.Keyed)
+		if _, ok := st.slots[k]; !ok && !seen[k] {
+			seen[k] = true
+			missing = append(missing, k)
+		}
+	}
+	st.mu.Unlock()
+	if len(missing) == 0 {
+		return nil
+	}
+	recs, err := st.load(ctx, missing)
+	if err != nil {
+		return fmt.Errorf("txn: load %d state records: %w", len(missing), err)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for i, k := range missing {
+		if _, ok := st.slots[k]; !ok && i < len(recs) {
+			st.slots[k] = newSlot(k, recs[i])
+		}
+	}
+	return nil
+}
+
+func (st *States) slot(ctx context.Context, name, key string, keyed bool, codec Codec, lane int) (*Slot, error) {
+	st.mu.Lock()
+	k := st.key(name, key, keyed)
 	s, ok := st.slots[k]
 	st.mu.Unlock()
 	if !ok {
-		rec, err := st.load(ctx, k)
+		recs, err := st.load(ctx, []string{k})
+		if err == nil && len(recs) != 1 {
+			err = fmt.Errorf("%d records for one key", len(recs))
+		}
 		if err != nil {
 			return nil, fmt.Errorf("txn: load state %q: %w", k, err)
 		}
-		s = &Slot{Key: k, version: rec.Version, token: rec.Token, blob: rec.Data, lastID: rec.LastID}
+		s = newSlot(k, recs[0])
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -155,6 +207,7 @@ func (st *States) Committed(writes []Write, token string) {
 			continue
 		}
 		s.version, s.token = w.Version+1, token
+		s.base, s.baseID = w.Data, w.LastID
 		if s.gen == w.gen {
 			s.dirty = false
 		}
@@ -170,9 +223,27 @@ func (st *States) Committed(writes []Write, token string) {
 	st.trim()
 }
 
+// Rollback undoes the uncommitted changes of every record: the ones named
+// in stale are forgotten (the next access reloads them: Redis holds another
+// version), the others go back to the version they were read at. Call it
+// when a commit was refused and nothing of it was written.
+func (st *States) Rollback(stale []string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, k := range stale {
+		delete(st.slots, k)
+	}
+	for _, s := range st.dirty {
+		s.blob, s.lastID, s.value, s.dirty = s.base, s.baseID, nil, false
+		s.gen++
+	}
+	clear(st.dirty)
+	st.dirty = st.dirty[:0]
+}
+
 // Discard forgets every record with uncommitted changes, so that the next
-// access reloads it from Redis. Call it when a commit was refused or its
-// outcome is unknown.
+// access reloads it from Redis. Call it when a commit's outcome is unknown,
+// or it may have been applied before (a refusal after a lost reply).
 func (st *States) Discard() {
 	for _, s := range st.dirty {
 		delete(st.slots, s.Key)

@@ -77,9 +77,9 @@ func TestStateRollbackAndSeal(t *testing.T) {
 	loads := 0
 	stored, err := state.Encode(&count{N: 41})
 	require.NoError(t, err)
-	st := txn.NewStates(func(ctx context.Context, key string) (txn.Record, error) {
+	st := txn.NewStates(func(ctx context.Context, keys []string) ([]txn.Record, error) {
 		loads++
-		return txn.Record{Data: stored, Version: 3, LastID: "1-0"}, nil
+		return []txn.Record{{Data: stored, Version: 3, LastID: "1-0"}}, nil
 	}, func(name, key string, keyed bool) string { return name + "/" + key }, 0)
 	env := &txn.Env{States: st, IdempotencyPrefix: "s/g/"}
 	codec := state.Codec[count]{}
