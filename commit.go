@@ -20,6 +20,7 @@ type commitJob struct {
 	cm       rdb.Commit
 	pubOwner []int // publish index -> item index
 	start    time.Time
+	took     time.Duration // the script's round trip
 	done     chan struct{}
 	res      rdb.Result
 	err      error
@@ -57,6 +58,7 @@ func (c *Consumer) startCommit(ctx context.Context, items []item) *commitJob {
 	go func() {
 		defer close(j.done)
 		j.res, j.err = c.runScript(ctx, c.scripts.Commit, keys, args)
+		j.took = time.Since(j.start)
 	}()
 	return j
 }
@@ -90,7 +92,7 @@ func (c *Consumer) settle(ctx context.Context) (rerun []*Message, ok bool) {
 	switch j.res.Code {
 	case rdb.CodeOK:
 		c.states.Committed(j.cm.States, j.cm.Token)
-		c.report(Event{Kind: EventCommit, IDs: ids, Duration: time.Since(j.start)})
+		c.report(Event{Kind: EventCommit, IDs: ids, Duration: j.took})
 		return nil, true
 	case rdb.CodeNotOwned:
 		c.states.Discard()

@@ -743,8 +743,14 @@ func (c *Consumer) process(ctx, hctx context.Context, msgs []*Message) {
 		c.processSync(ctx, hctx, append(rerun, messagesOf(items)...))
 		return
 	}
-	if len(items) > 0 {
-		c.inflight = c.startCommit(ctx, items)
+	if len(items) == 0 {
+		return
+	}
+	c.inflight = c.startCommit(ctx, items)
+	if len(msgs) < c.cfg.BatchSize || c.cfg.BatchSize == 1 {
+		// No backlog (or per-entry commits): overlapping would only delay
+		// the outcome by a read. Settle now.
+		c.settleAndRerun(ctx, hctx)
 	}
 }
 

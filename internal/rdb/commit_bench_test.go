@@ -24,7 +24,9 @@ type benchCounter struct{ N int64 }
 
 // benchNewCommit returns a commit of the given entry IDs with nStates state
 // records (distinct keys) and one three-field publish per entry, all to out.
-func benchNewCommit(b *testing.B, space keys.Space, out string, ids []string, nStates int, version int64) *rdb.Commit {
+// The records are expected at version with the given token (the last
+// commit's; "" for none).
+func benchNewCommit(b *testing.B, space keys.Space, out string, ids []string, nStates int, version int64, token string) *rdb.Commit {
 	b.Helper()
 	c := &rdb.Commit{Stream: space.Stream, Offsets: space.Offsets(), Group: benchGroup, Consumer: "c0"}
 	for i, id := range ids {
@@ -44,7 +46,7 @@ func benchNewCommit(b *testing.B, space keys.Space, out string, ids []string, nS
 		if nStates > 1 {
 			key = space.KeyedState("count", "k"+strconv.Itoa(i))
 		}
-		c.States = append(c.States, txn.Write{Key: key, Version: version, Data: data, LastID: ids[len(ids)-1]})
+		c.States = append(c.States, txn.Write{Key: key, Version: version, Token: token, Data: data, LastID: ids[len(ids)-1]})
 	}
 	return c
 }
@@ -64,7 +66,7 @@ func BenchmarkCommitBuild(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c := benchNewCommit(b, space, "bench:out", benchIDs(benchBatch), 1, 7)
+	c := benchNewCommit(b, space, "bench:out", benchIDs(benchBatch), 1, 7, "")
 	b.ReportAllocs()
 	for b.Loop() {
 		keys, args, err := c.Build()
@@ -79,24 +81,58 @@ func BenchmarkCommitBuild(b *testing.B) {
 }
 
 // BenchmarkCommitScript runs commit.lua end to end on Redis for a batch of
-// 100 pending entries per iteration (made pending outside the timer), with
-// 100 publishes and no, one or 100 state records. It needs REDIS_ADDR.
+// pending entries per iteration (made pending outside the timer), with one
+// three-field publish per entry and no, one or one-per-entry state records.
+// It needs REDIS_ADDR.
 func BenchmarkCommitScript(b *testing.B) {
 	for _, bc := range []struct {
-		name    string
-		nStates int
+		name           string
+		batch, nStates int
 	}{
-		{"stateless", 0},
-		{"1state", 1},
-		{"100states", benchBatch},
+		{"batch100/stateless", benchBatch, 0},
+		{"batch100/1state", benchBatch, 1},
+		{"batch100/100states", benchBatch, benchBatch},
+		{"batch1/1state", 1, 1},
 	} {
-		b.Run(bc.name, func(b *testing.B) { benchCommitScript(b, bc.nStates) })
+		b.Run(bc.name, func(b *testing.B) { benchCommitScript(b, bc.batch, bc.nStates) })
 	}
 }
 
-func benchCommitScript(b *testing.B, nStates int) {
+// BenchmarkPipelineBaseline is what an at-least-once consumer does instead of
+// the commit script: one pipeline of an XADD per entry and one XACK, for the
+// same pending entries and publishes. It needs REDIS_ADDR.
+func BenchmarkPipelineBaseline(b *testing.B) {
+	for _, batch := range []int{benchBatch, 1} {
+		b.Run("batch"+strconv.Itoa(batch), func(b *testing.B) {
+			ctx, client, src, out, _ := benchSetup(b)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				ids := benchPending(b, ctx, client, src, out, batch)
+				b.StartTimer()
+
+				pipe := client.Pipeline()
+				for j, id := range ids {
+					pipe.XAdd(ctx, &redis.XAddArgs{Stream: out, Values: []any{"k", "k" + strconv.Itoa(j), "src", id, "v", strconv.Itoa(j)}})
+				}
+				pipe.XAck(ctx, src, benchGroup, ids...)
+				if _, err := pipe.Exec(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/entry")
+		})
+	}
+}
+
+// benchSetup skips without REDIS_ADDR; otherwise it returns a client, a
+// source stream with the group, an output stream and their key space.
+func benchSetup(b *testing.B) (context.Context, *redis.Client, string, string, keys.Space) {
+	b.Helper()
 	if os.Getenv("REDIS_ADDR") == "" {
-		b.Skip("set REDIS_ADDR=host:port to run the commit script against Redis")
+		b.Skip("set REDIS_ADDR=host:port to run this benchmark against Redis")
 	}
 	ctx := context.Background()
 	client := redistest.Client(b)
@@ -109,17 +145,23 @@ func benchCommitScript(b *testing.B, nStates int) {
 	if err := client.XGroupCreateMkStream(ctx, src, benchGroup, "$").Err(); err != nil {
 		b.Fatal(err)
 	}
+	return ctx, client, src, out, space
+}
+
+func benchCommitScript(b *testing.B, batch, nStates int) {
+	ctx, client, src, out, space := benchSetup(b)
 	scripts := rdb.NewScripts()
 	if err := scripts.Commit.Load(ctx, client).Err(); err != nil {
 		b.Fatal(err)
 	}
 
+	token := ""
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		ids := benchPending(b, ctx, client, src, out, benchBatch)
-		c := benchNewCommit(b, space, out, ids, nStates, int64(i))
+		ids := benchPending(b, ctx, client, src, out, batch)
+		c := benchNewCommit(b, space, out, ids, nStates, int64(i), token)
 		b.StartTimer()
 
 		keys, args, err := c.Build()
@@ -137,9 +179,10 @@ func benchCommitScript(b *testing.B, nStates int) {
 		if res.Code != rdb.CodeOK {
 			b.Fatalf("commit refused: %+v", res)
 		}
+		token = c.Token
 	}
 	b.StopTimer()
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchBatch), "ns/entry")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/entry")
 }
 
 // benchPending empties src and out, appends n entries to src and reads them

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/streamtx/streamtx/internal/keys"
+	"github.com/streamtx/streamtx/state"
+)
+
+// check verifies, after a run, that every entry was acknowledged, that one
+// entry was published per entry (none for raw-ack), and that the counters
+// of the stateful scenarios add up to n. It returns "ok" or what is wrong.
+func (b *bench) check(ctx context.Context, scenario, src, out string, n int) string {
+	var problems []string
+	pending, err := b.rdb.XPending(ctx, src, group).Result()
+	if err != nil {
+		return "ERROR: XPENDING: " + err.Error()
+	}
+	if pending.Count != 0 {
+		problems = append(problems, fmt.Sprintf("%d still pending", pending.Count))
+	}
+	if out != "" {
+		want := int64(n)
+		if scenario == rawACK {
+			want = 0
+		}
+		published, err := b.rdb.XLen(ctx, out).Result()
+		if err != nil {
+			return "ERROR: XLEN: " + err.Error()
+		}
+		if published != want {
+			problems = append(problems, fmt.Sprintf("%d published, want %d", published, want))
+		}
+	}
+	if scenario == stxStateful || scenario == stxKeyed {
+		sum, err := b.stateSum(ctx, src, scenario == stxKeyed)
+		if err != nil {
+			return "ERROR: reading state: " + err.Error()
+		}
+		if sum != int64(n) {
+			problems = append(problems, fmt.Sprintf("counters add up to %d, want %d", sum, n))
+		}
+	}
+	if len(problems) > 0 {
+		return "FAIL: " + strings.Join(problems, "; ")
+	}
+	return "ok"
+}
+
+// stateSum adds up the committed counters of the run on src: the one
+// Stateful record, or the numKeys Keyed records.
+func (b *bench) stateSum(ctx context.Context, src string, keyed bool) (int64, error) {
+	space, err := keys.NewSpace(src, group)
+	if err != nil {
+		return 0, err
+	}
+	names := []string{space.State(stateName)}
+	if keyed {
+		names = names[:0]
+		for i := range numKeys {
+			names = append(names, space.KeyedState(stateName, keyName(i)))
+		}
+	}
+	pipe := b.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(names))
+	for i, k := range names {
+		cmds[i] = pipe.HGet(ctx, k, state.FieldData)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, err
+	}
+	var sum int64
+	for i, cmd := range cmds {
+		data, err := cmd.Bytes()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		v, err := state.Decode[counter](data)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", names[i], err)
+		}
+		sum += v.N
+	}
+	return sum, nil
+}
