@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sort"
 	"strings"
@@ -205,16 +206,21 @@ func (c *Consumer) runScript(ctx context.Context, s *redis.Script, keys []string
 	}
 }
 
-// retryable reports whether err may pass: a network error, or a server that
-// is loading, busy, read-only (a failover in progress) or redirecting.
+// retryable reports whether err may pass: a network error or lost reply, a
+// connection pool that is momentarily exhausted, or a server that is
+// loading, busy, read-only or redirecting (a failover or resharding in
+// progress).
 func retryable(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false // the caller's time is up
+	}
 	var ne net.Error
-	if errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || errors.Is(err, errors.ErrUnsupported) {
+	if errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout) {
 		return true
 	}
-	msg := err.Error()
-	for _, p := range []string{"LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "EOF", "connection", "i/o timeout", "broken pipe", "pool"} {
-		if strings.HasPrefix(msg, p) || strings.Contains(msg, p) {
+	for _, p := range []string{"LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK"} {
+		if redis.HasErrorPrefix(err, p) {
 			return true
 		}
 	}
