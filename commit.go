@@ -27,9 +27,10 @@ type commitJob struct {
 	err      error
 }
 
-// startCommit builds the commit of the handled items and sends it. The
-// caller must settle it before building the next one.
-func (c *Consumer) startCommit(ctx context.Context, items []item) *commitJob {
+// startCommit builds the commit of the handled items and sends it: in its
+// own goroutine when async, else before it returns. The caller must settle
+// it before building the next one.
+func (c *Consumer) startCommit(ctx context.Context, items []item, async bool) *commitJob {
 	j := &commitJob{
 		items: items,
 		cm: rdb.Commit{
@@ -56,11 +57,16 @@ func (c *Consumer) startCommit(ctx context.Context, items []item) *commitJob {
 		close(j.done)
 		return j
 	}
-	go func() {
+	run := func() {
 		defer close(j.done)
 		j.res, j.err = c.runScript(ctx, c.scripts.Commit, keys, args)
 		j.took = time.Since(j.start)
-	}()
+	}
+	if async {
+		go run()
+	} else {
+		run()
+	}
 	return j
 }
 

@@ -746,10 +746,11 @@ func (c *Consumer) process(ctx, hctx context.Context, msgs []*Message) {
 	if len(items) == 0 {
 		return
 	}
-	c.inflight = c.startCommit(ctx, items)
-	if len(msgs) < c.cfg.BatchSize || c.cfg.BatchSize == 1 {
-		// No backlog (or per-entry commits): overlapping would only delay
-		// the outcome by a read. Settle now.
+	// Overlap the commit with the next read only when there is a backlog:
+	// otherwise it would only delay the outcome by a read.
+	overlap := len(msgs) == c.cfg.BatchSize && c.cfg.BatchSize > 1
+	c.inflight = c.startCommit(ctx, items, overlap)
+	if !overlap {
 		c.settleAndRerun(ctx, hctx)
 	}
 }
@@ -777,7 +778,7 @@ func (c *Consumer) processSync(ctx, hctx context.Context, msgs []*Message) {
 		if len(items) == 0 {
 			return
 		}
-		c.inflight = c.startCommit(ctx, items)
+		c.inflight = c.startCommit(ctx, items, false)
 		msgs, _ = c.settle(ctx)
 	}
 }
