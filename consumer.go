@@ -18,6 +18,7 @@ import (
 
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/rdb"
+	"github.com/streamtx/streamtx/internal/streamid"
 	"github.com/streamtx/streamtx/state"
 	"github.com/streamtx/streamtx/txn"
 )
@@ -175,7 +176,7 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.StartID == "" {
 		cfg.StartID = "0"
-	} else if cfg.StartID != "$" && !validID(cfg.StartID) {
+	} else if cfg.StartID != "$" && !streamid.Valid(cfg.StartID) {
 		return configErr("StartID", "%q is not \"0\", \"$\" or a stream ID", cfg.StartID)
 	}
 	if cfg.BatchSize == 0 {
@@ -209,19 +210,6 @@ func (cfg *Config) setDefaults() error {
 		cfg.Clock = time.Now
 	}
 	return nil
-}
-
-func validID(id string) bool {
-	ms, seq, ok := strings.Cut(id, "-")
-	if ms == "" || (ok && seq == "") {
-		return false
-	}
-	for _, r := range ms + seq {
-		if r < '0' || r > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 // Consumer consumes one stream through a consumer group, running a Handler

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/keys"
+	"github.com/streamtx/streamtx/internal/streamid"
 )
 
 var (
@@ -223,11 +223,11 @@ func Inspect(ctx context.Context, client redis.UniversalClient, stream string) (
 				Name: ci.Name, Pending: ci.Pending, Idle: ci.Idle, CommittedID: gi.Offsets[ci.Name],
 			})
 		}
-		gi.TrimPoint = nextID(gi.LastDeliveredID)
-		if gi.OldestPending != nil && idLess(gi.OldestPending.ID, gi.TrimPoint) {
+		gi.TrimPoint = streamid.Next(gi.LastDeliveredID)
+		if gi.OldestPending != nil && streamid.Less(gi.OldestPending.ID, gi.TrimPoint) {
 			gi.TrimPoint, gi.TrimPointPending = gi.OldestPending.ID, true
 		}
-		if info.SafeTrimPoint == "" || idLess(gi.TrimPoint, info.SafeTrimPoint) {
+		if info.SafeTrimPoint == "" || streamid.Less(gi.TrimPoint, info.SafeTrimPoint) {
 			info.SafeTrimPoint, info.SafeTrimHeldBy = gi.TrimPoint, gi.Name
 		}
 		gi.Lag, gi.LagExact, err = groupLag(ctx, client, info, gi.LastDeliveredID, g.Lag)
@@ -257,9 +257,9 @@ func streamErr(stream string, err error) error {
 // -1 when Redis reported nil.
 func groupLag(ctx context.Context, c redis.Cmdable, s *StreamInfo, last string, redisLag int64) (int64, bool, error) {
 	switch {
-	case s.Length == 0 || !idLess(last, s.LastID):
+	case s.Length == 0 || !streamid.Less(last, s.LastID):
 		return 0, true, nil // nothing after last
-	case idLess(last, s.FirstID):
+	case streamid.Less(last, s.FirstID):
 		return s.Length, true, nil // every entry is after last
 	case redisLag >= 1 && redisLag < s.Length && s.EntriesAdded == s.Length:
 		// Nothing was ever deleted or trimmed, so Redis's counters are
@@ -310,49 +310,9 @@ func countLag(ctx context.Context, c redis.Cmdable, stream, last string, redisLa
 // idAge returns now minus the millisecond part of id, or 0 if that is in
 // the future or id does not parse.
 func idAge(id string, now time.Time) time.Duration {
-	ms, _, ok := parseID(id)
+	ms, _, ok := streamid.Parse(id)
 	if !ok || ms > uint64(now.UnixMilli()) {
 		return 0
 	}
 	return now.Sub(time.UnixMilli(int64(ms)))
-}
-
-// parseID splits a stream ID "ms-seq" (or "ms") into its parts.
-func parseID(id string) (ms, seq uint64, ok bool) {
-	m, s, hasSeq := strings.Cut(id, "-")
-	var err1, err2 error
-	ms, err1 = strconv.ParseUint(m, 10, 64)
-	if hasSeq {
-		seq, err2 = strconv.ParseUint(s, 10, 64)
-	}
-	return ms, seq, err1 == nil && err2 == nil
-}
-
-// idLess reports whether stream ID a sorts before b. Malformed IDs sort
-// first.
-func idLess(a, b string) bool {
-	am, as, aok := parseID(a)
-	bm, bs, bok := parseID(b)
-	if !aok || !bok {
-		return !aok && bok
-	}
-	if am != bm {
-		return am < bm
-	}
-	return as < bs
-}
-
-// nextID returns the smallest stream ID above id (id itself when it is the
-// largest possible ID or does not parse).
-func nextID(id string) string {
-	ms, seq, ok := parseID(id)
-	switch {
-	case !ok:
-		return id
-	case seq < ^uint64(0):
-		return strconv.FormatUint(ms, 10) + "-" + strconv.FormatUint(seq+1, 10)
-	case ms < ^uint64(0):
-		return strconv.FormatUint(ms+1, 10) + "-0"
-	}
-	return id
 }

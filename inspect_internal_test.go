@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/streamtx/streamtx/internal/redistest"
+	"github.com/streamtx/streamtx/internal/streamid"
 )
 
 func TestCountLag(t *testing.T) {
@@ -52,12 +53,12 @@ func TestCountLag(t *testing.T) {
 
 func TestIDHelpers(t *testing.T) {
 	t.Parallel()
-	assert.Equal(t, "5-1", nextID("5-0"))
-	assert.Equal(t, "5-1", nextID("5"))
-	assert.Equal(t, "6-0", nextID("5-18446744073709551615"))
-	assert.Equal(t, "18446744073709551615-18446744073709551615", nextID("18446744073709551615-18446744073709551615"))
-	assert.True(t, idLess("5-0", "5-1"))
-	assert.True(t, idLess("5-9", "10-0"))
-	assert.False(t, idLess("10-0", "10-0"))
-	assert.True(t, idLess("", "0-0"))
+	assert.Equal(t, "5-1", streamid.Next("5-0"))
+	assert.Equal(t, "5-1", streamid.Next("5"))
+	assert.Equal(t, "6-0", streamid.Next("5-18446744073709551615"))
+	assert.Equal(t, "18446744073709551615-18446744073709551615", streamid.Next("18446744073709551615-18446744073709551615"))
+	assert.True(t, streamid.Less("5-0", "5-1"))
+	assert.True(t, streamid.Less("5-9", "10-0"))
+	assert.False(t, streamid.Less("10-0", "10-0"))
+	assert.True(t, streamid.Less("", "0-0"))
 }

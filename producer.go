@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/keys"
+	"github.com/streamtx/streamtx/internal/streamid"
 	"github.com/streamtx/streamtx/lua"
 	"github.com/streamtx/streamtx/txn"
 )
@@ -51,7 +52,7 @@ func (cfg *ProducerConfig) setDefaults() error {
 		return configErr("MaxLen", "negative (%d)", cfg.MaxLen)
 	case cfg.MaxLen > 0 && cfg.MinID != "":
 		return configErr("MinID", "set together with MaxLen (%d): choose one trimming strategy", cfg.MaxLen)
-	case cfg.MinID != "" && !validID(cfg.MinID):
+	case cfg.MinID != "" && !streamid.Valid(cfg.MinID):
 		return configErr("MinID", "%q is not a stream ID", cfg.MinID)
 	case cfg.ApproxTrim && cfg.MaxLen == 0 && cfg.MinID == "":
 		return configErr("ApproxTrim", "set without MaxLen or MinID")
@@ -194,7 +195,7 @@ func parseProduceReply(stream string, reply []any) (string, error) {
 		if len(reply) != 2 {
 			break
 		}
-		if id, ok := reply[1].(string); ok && validID(id) {
+		if id, ok := reply[1].(string); ok && streamid.Valid(id) {
 			return id, nil
 		}
 	case 3:

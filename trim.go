@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/rdb"
+	"github.com/streamtx/streamtx/internal/streamid"
 	"github.com/streamtx/streamtx/lua"
 )
 
@@ -106,7 +107,7 @@ func TrimSafe(ctx context.Context, client redis.UniversalClient, stream string, 
 		cutoff = strconv.FormatInt(ms, 10) + "-0"
 	}
 	if opts.KeepFrom != "" {
-		if !validID(opts.KeepFrom) {
+		if !streamid.Valid(opts.KeepFrom) {
 			return TrimResult{}, fmt.Errorf("streamtx: TrimSafe: KeepFrom %q is not a stream ID", opts.KeepFrom)
 		}
 		if cutoff == "" || rdb.IDLess(opts.KeepFrom, cutoff) {

@@ -10,10 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/streamtx/streamtx/internal/streamid"
 	"github.com/streamtx/streamtx/lua"
 	"github.com/streamtx/streamtx/txn"
 )
@@ -249,29 +249,7 @@ func Values(fs []any) (map[string]string, error) {
 
 // IDLess reports whether stream ID a sorts before b. Malformed IDs sort
 // first.
-func IDLess(a, b string) bool {
-	am, as, aok := splitID(a)
-	bm, bs, bok := splitID(b)
-	if !aok || !bok {
-		return !aok && bok
-	}
-	if am != bm {
-		return am < bm
-	}
-	return as < bs
-}
-
-func splitID(id string) (ms, seq uint64, ok bool) {
-	for i := 0; i < len(id); i++ {
-		if id[i] == '-' {
-			m, err1 := strconv.ParseUint(id[:i], 10, 64)
-			s, err2 := strconv.ParseUint(id[i+1:], 10, 64)
-			return m, s, err1 == nil && err2 == nil
-		}
-	}
-	m, err := strconv.ParseUint(id, 10, 64)
-	return m, 0, err == nil
-}
+func IDLess(a, b string) bool { return streamid.Less(a, b) }
 
 // Run runs script and returns its raw reply.
 func Run(ctx context.Context, c redis.Scripter, s *redis.Script, keys []string, args ...any) (any, error) {
