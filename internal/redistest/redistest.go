@@ -419,7 +419,15 @@ func (s *Server) launch() (*process, error) {
 		close(p.done)
 	}()
 
-	if err := waitReady(s.Addr(), p.done); err != nil {
+	err = waitReady(s.Addr(), p.done)
+	if err == nil {
+		// Another server may have taken the port first and answered the
+		// PING: make sure it is ours.
+		if pid, perr := serverPid(s.Addr()); perr != nil || pid != cmd.Process.Pid {
+			err = errAddrInUse
+		}
+	}
+	if err != nil {
 		p.kill()
 		out := readFrom(logPath, logStart)
 		if strings.Contains(out, "Address already in use") {
