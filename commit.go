@@ -207,7 +207,7 @@ func (c *Consumer) runScript(ctx context.Context, s *redis.Script, keys []string
 		if !retryable(err) || ctx.Err() != nil {
 			return rdb.Result{}, err
 		}
-		c.log.Warn("streamtx: script reply lost; retrying", "err", err, "attempt", attempt)
+		c.log.Warn("streamtx: script failed transiently (lost reply, failover or resharding); retrying with the same arguments", "err", err, "attempt", attempt)
 		c.sleep(ctx, backoff(attempt, 10*time.Millisecond, time.Second))
 	}
 }
