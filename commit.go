@@ -116,6 +116,9 @@ func (c *Consumer) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		c.log.Info("streamtx: entries no longer owned; dropped", "ids", fenced)
 		return remaining(items, drop), false
 	case rdb.CodeConflict:
+		// Other consumers write these records: refresh cached state before
+		// the next batches instead of failing their commits.
+		c.contended = 64
 		stale := make([]string, 0, len(j.res.Index))
 		for _, i := range j.res.Index {
 			if i < len(j.cm.States) {

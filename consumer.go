@@ -245,6 +245,7 @@ type Consumer struct {
 	nextClaim  time.Time
 	nextTrim   time.Time
 	inflight   *commitJob // the commit sent but not yet settled
+	contended  int        // batches left that refresh cached state first (after a conflict)
 }
 
 // NewConsumer validates cfg, applies its defaults and returns a Consumer. It
@@ -790,7 +791,11 @@ func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 		for i, m := range msgs {
 			refs[i] = p.stateRef(m)
 		}
-		if err := c.states.Prefetch(hctx, refs); err != nil {
+		refresh := c.contended > 0
+		if refresh {
+			c.contended--
+		}
+		if err := c.states.Prefetch(hctx, refs, refresh); err != nil {
 			// The handlers load what they need themselves, and fail if
 			// Redis is really gone.
 			c.log.Warn("streamtx: prefetching state failed", "err", err)

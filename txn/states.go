@@ -118,14 +118,17 @@ func newSlot(k string, rec Record) *Slot {
 }
 
 // Prefetch loads the records refs name that are not cached, in one round
-// trip, so that handlers do not wait for them one by one.
-func (st *States) Prefetch(ctx context.Context, refs []Ref) error {
+// trip, so that handlers do not wait for them one by one. With refresh, it
+// also reloads the cached records without uncommitted changes, so that a
+// record another consumer changed meanwhile does not fail the commit.
+func (st *States) Prefetch(ctx context.Context, refs []Ref, refresh bool) error {
 	st.mu.Lock()
 	var missing []string
 	seen := make(map[string]bool, len(refs))
 	for _, r := range refs {
 		k := st.key(r.Name, r.Key, r.Keyed)
-		if _, ok := st.slots[k]; !ok && !seen[k] {
+		s, ok := st.slots[k]
+		if (!ok || (refresh && !s.dirty)) && !seen[k] {
 			seen[k] = true
 			missing = append(missing, k)
 		}
@@ -141,8 +144,17 @@ func (st *States) Prefetch(ctx context.Context, refs []Ref) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	for i, k := range missing {
-		if _, ok := st.slots[k]; !ok && i < len(recs) {
+		if i >= len(recs) {
+			break
+		}
+		s, ok := st.slots[k]
+		switch {
+		case !ok:
 			st.slots[k] = newSlot(k, recs[i])
+		case !s.dirty && (s.version != recs[i].Version || s.token != recs[i].Token):
+			fresh := newSlot(k, recs[i])
+			fresh.codec, fresh.lane, fresh.epoch = s.codec, s.lane, s.epoch
+			st.slots[k] = fresh
 		}
 	}
 	return nil

@@ -134,3 +134,43 @@ func mustEncode(t *testing.T, n int) []byte {
 	require.NoError(t, err)
 	return b
 }
+
+func TestPrefetchRefreshesOnlyCleanRecords(t *testing.T) {
+	ctx := context.Background()
+	version := int64(1)
+	st := txn.NewStates(func(ctx context.Context, keys []string) ([]txn.Record, error) {
+		recs := make([]txn.Record, len(keys))
+		for i := range keys {
+			recs[i] = txn.Record{Data: mustEncode(t, int(version)), Version: version, Token: "t"}
+		}
+		return recs, nil
+	}, func(name, key string, keyed bool) string { return name + "/" + key }, 0)
+	env := &txn.Env{States: st}
+	codec := state.Codec[count]{}
+	refs := []txn.Ref{{Name: "a"}, {Name: "b"}}
+	require.NoError(t, st.Prefetch(ctx, refs, false))
+
+	// "b" gets an uncommitted change; then another consumer moves both on.
+	tx := txn.New(env, "1-0")
+	v, err := tx.State(ctx, "b", "", false, codec)
+	require.NoError(t, err)
+	v.(*count).N = 100
+	require.NoError(t, tx.Seal())
+	version = 7
+
+	require.NoError(t, st.Prefetch(ctx, refs, false))
+	tx = txn.New(env, "2-0")
+	v, err = tx.State(ctx, "a", "", false, codec)
+	require.NoError(t, err)
+	require.Equal(t, 1, v.(*count).N, "no refresh: the cached record stays")
+	tx.Rollback()
+
+	require.NoError(t, st.Prefetch(ctx, refs, true))
+	tx = txn.New(env, "3-0")
+	v, err = tx.State(ctx, "a", "", false, codec)
+	require.NoError(t, err)
+	require.Equal(t, 7, v.(*count).N, "refreshed")
+	v, err = tx.State(ctx, "b", "", false, codec)
+	require.NoError(t, err)
+	require.Equal(t, 100, v.(*count).N, "a record with uncommitted changes is kept")
+}
