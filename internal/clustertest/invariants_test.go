@@ -15,8 +15,9 @@ import (
 	"github.com/streamtx/streamtx/internal/keys"
 )
 
-// waitDrainedOn is waitDrained for any client.
-func waitDrainedOn(t *testing.T, rdb redis.UniversalClient, stream string) {
+// waitDrained polls until the group has been delivered every entry of
+// stream and has nothing pending.
+func waitDrained(t *testing.T, rdb redis.UniversalClient, stream string) {
 	t.Helper()
 	ctx := context.Background()
 	deadline := time.Now().Add(waitTimeout)
@@ -41,11 +42,11 @@ func waitDrainedOn(t *testing.T, rdb redis.UniversalClient, stream string) {
 	}
 }
 
-// checkExactlyOnceOn is checkExactlyOnce for any client, and it reports
-// every violation of the counter's invariants at once — counters published
-// twice or missing, sources published twice or missing, with examples —
-// rather than the first.
-func checkExactlyOnceOn(t *testing.T, rdb redis.UniversalClient, src, out string, srcIDs []string) {
+// checkExactlyOnce checks the counter's invariants — out holds counters
+// exactly 1..N, each source ID once, the state is N, last applied at the
+// entry that published N, nothing pending, no dead letters — and reports
+// every violation at once, with examples, rather than the first.
+func checkExactlyOnce(t *testing.T, rdb redis.UniversalClient, src, out string, srcIDs []string) {
 	t.Helper()
 	ctx := context.Background()
 	n := len(srcIDs)

@@ -92,13 +92,13 @@ func TestSentinelFailoverMidRun(t *testing.T) {
 	require.NotEqual(t, before, after)
 	require.Less(t, atStart, n/2, "the failover started mid-run")
 
-	waitDrainedOn(t, rdb, src)
+	waitDrained(t, rdb, src)
 	for _, stop := range stops {
 		stop()
 	}
 	again := obs.again()
 	t.Logf("%d entries reported committed again after the failover (their first commit was lost); events: %s", len(again), rec.summary())
-	checkExactlyOnceOn(t, rdb, src, out, ids)
+	checkExactlyOnce(t, rdb, src, out, ids)
 }
 
 // recommits passes a consumer's events on to a recorder, leaving out of
