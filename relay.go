@@ -39,6 +39,9 @@ type RelayConfig struct {
 	MaxDeliveries int64
 	Logger        *slog.Logger
 	Observer      Observer
+	// Retention trims the outbox, never below what the relay group has
+	// forwarded and acknowledged. Default: no trimming.
+	Retention Retention
 }
 
 // RelayGroup is the consumer group relays use on an outbox stream.
@@ -88,6 +91,7 @@ func NewRelay(client redis.UniversalClient, cfg RelayConfig) (*Consumer, error) 
 		MaxDeliveries: cfg.MaxDeliveries,
 		Logger:        cfg.Logger,
 		Observer:      cfg.Observer,
+		Retention:     cfg.Retention,
 	}, r)
 }
 
