@@ -274,9 +274,6 @@ func (st *States) markDirty(s *Slot) {
 	}
 }
 
-// Forget drops the record at key from the cache.
-func (st *States) Forget(key string) { delete(st.slots, key) }
-
 // Reset forgets every record.
 func (st *States) Reset() {
 	clear(st.slots)
