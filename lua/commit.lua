@@ -14,7 +14,7 @@
 -- ARGV[6]              -> highest entry ID of the batch (the new committed offset)
 -- ARGV[7]              -> lowest entry ID of the batch
 -- ARGV[8]              -> token of this commit, unique: written into every state record
--- then ne pairs        -> entry ID, delivery count seen at delivery
+-- then ne entry IDs, then their ne delivery counts seen at delivery
 -- then ns quadruples   -> version and token read by the handler (0 and "" = absent),
 --                         data, last entry ID
 -- then np publishes    -> target index t (KEYS[2+ns+t]), field count n, n field/value pairs
@@ -35,18 +35,13 @@
 local group, consumer = ARGV[1], ARGV[2]
 local ne, ns, np = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local offset, token = ARGV[6], ARGV[8]
-local a = 9
+local ids, counts = 9, 9 + ne -- ARGV[ids + i - 1] is entry i's ID, ARGV[counts + i - 1] its count
+local a = 9 + 2 * ne
 
 -- Phase 1: checks. No write may come before the last one.
 -- Ownership: one XPENDING over the batch's ID range, filtered to this
 -- consumer, gives each entry's delivery count. Only if that reply was cut
 -- by its count limit are the entries it missed looked up one by one.
-local ids, counts = {}, {}
-local lo, hi
-for i = 1, ne do
-  ids[i], counts[i] = ARGV[a], tonumber(ARGV[a + 1])
-  a = a + 2
-end
 local bad = {}
 if ne > 0 then
   local limit = ne + 64
@@ -56,13 +51,14 @@ if ne > 0 then
     have[row[1]] = tonumber(row[4])
   end
   for i = 1, ne do
-    local n = have[ids[i]]
+    local id = ARGV[ids + i - 1]
+    local n = have[id]
     if n == nil and #rows >= limit then
-      local p = redis.call('XPENDING', KEYS[1], group, ids[i], ids[i], 1)
+      local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
       local row = p[1]
       if row and row[2] == consumer then n = tonumber(row[4]) end
     end
-    if n ~= counts[i] then
+    if n ~= tonumber(ARGV[counts + i - 1]) then
       bad[#bad + 1] = i
     end
   end
@@ -141,6 +137,6 @@ if not prev or less(prev, offset) then
 end
 
 if ne > 0 then
-  redis.call('XACK', KEYS[1], group, unpack(ids))
+  redis.call('XACK', KEYS[1], group, unpack(ARGV, ids, ids + ne - 1))
 end
 return {0}

@@ -119,8 +119,11 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 		}
 	}
 	args = append(args, c.Group, c.Consumer, len(c.IDs), len(c.States), len(c.Publishes), hi, lo, c.Token)
-	for i, id := range c.IDs {
-		args = append(args, id, c.Deliveries[i])
+	for _, id := range c.IDs {
+		args = append(args, id)
+	}
+	for _, d := range c.Deliveries {
+		args = append(args, d)
 	}
 	for _, s := range c.States {
 		args = append(args, s.Version, s.Token, s.Data, s.LastID)
