@@ -399,7 +399,13 @@ func (s *Server) launch() (*process, error) {
 	}
 	args = append(args, s.args...)
 
-	logPath := filepath.Join(s.dir, "redis.log")
+	return startProcess(s.Addr(), filepath.Join(s.dir, "redis.log"), args...)
+}
+
+// startProcess starts redis-server with args, logging to logPath, and waits
+// until it answers PING at addr — checking that the answer comes from this
+// process, not from another that took the port first.
+func startProcess(addr, logPath string, args ...string) (*process, error) {
 	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -419,12 +425,10 @@ func (s *Server) launch() (*process, error) {
 		close(p.done)
 	}()
 
-	err = waitReady(s.Addr(), p.done)
+	err = waitReady(addr, p.done)
 	if err == nil {
-		// Another server may have taken the port first and answered the
-		// PING: make sure it is ours.
-		if pid, perr := serverPid(s.Addr()); perr != nil || pid != cmd.Process.Pid {
-			err = errAddrInUse
+		if pid, perr := serverPid(addr); perr != nil || pid != cmd.Process.Pid {
+			err = fmt.Errorf("%w (pid %d answers on its port)", errAddrInUse, pid)
 		}
 	}
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,43 +204,7 @@ func (p *sentinelProc) launch(masterPort int) (*process, error) {
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(p.dir, "sentinel.log")
-	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	logStart, _ := log.Seek(0, io.SeekEnd)
-	cmd := exec.Command("redis-server", conf, "--sentinel")
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return nil, err
-	}
-	proc := &process{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		log.Close()
-		close(proc.done)
-	}()
-	if err := waitReady(p.addr(), proc.done); err != nil {
-		proc.kill()
-		out := readFrom(logPath, logStart)
-		if strings.Contains(out, "Address already in use") {
-			err = errAddrInUse
-		}
-		return nil, fmt.Errorf("redis-server %s --sentinel: %w\n%s", conf, err, out)
-	}
-	// The PONG may have come from another process that took the port
-	// first, while this one failed to listen on it.
-	if pid, err := serverPid(p.addr()); err != nil || pid != cmd.Process.Pid {
-		proc.kill()
-		if err == nil {
-			err = errAddrInUse
-		}
-		return nil, fmt.Errorf("redis-server %s --sentinel: %w (pid %d answers on its port)\n%s", conf, err, pid, readFrom(logPath, logStart))
-	}
-	return proc, nil
+	return startProcess(p.addr(), filepath.Join(p.dir, "sentinel.log"), conf, "--sentinel")
 }
 
 // serverPid returns the process_id that the server at addr reports.
