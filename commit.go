@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/rdb"
+	"github.com/streamtx/streamtx/txn"
 )
 
 // commitJob is one commit script call, run in its own goroutine.
@@ -41,6 +42,14 @@ func (c *Consumer) startCommit(ctx context.Context, items []item, async bool) *c
 		},
 		done: make(chan struct{}),
 	}
+	j.cm.IDs = make([]string, 0, len(items))
+	j.cm.Deliveries = make([]int64, 0, len(items))
+	np := 0
+	for _, it := range items {
+		np += len(it.tx.Publishes())
+	}
+	j.cm.Publishes = make([]txn.Publish, 0, np)
+	j.pubOwner = make([]int, 0, np)
 	for i, it := range items {
 		j.cm.IDs = append(j.cm.IDs, it.msg.ID)
 		j.cm.Deliveries = append(j.cm.Deliveries, it.msg.Deliveries)
@@ -50,7 +59,7 @@ func (c *Consumer) startCommit(ctx context.Context, items []item, async bool) *c
 		}
 	}
 	j.cm.States = c.states.Dirty()
-	keys, args, err := j.cm.Build()
+	_, _, err := j.cm.Build()
 	j.start = time.Now()
 	if err != nil {
 		j.err = err
@@ -59,7 +68,9 @@ func (c *Consumer) startCommit(ctx context.Context, items []item, async bool) *c
 	}
 	run := func() {
 		defer close(j.done)
-		j.res, j.err = c.runScript(ctx, c.scripts.Commit, keys, args)
+		j.res, j.err = c.retryScript(ctx, func(ctx context.Context) (any, error) {
+			return rdb.RunCommit(ctx, c.rdb, c.scripts, &j.cm)
+		})
 		j.took = time.Since(j.start)
 	}
 	if async {
@@ -200,10 +211,17 @@ func (c *Consumer) deadLetter(ctx context.Context, m *Message, cause error) {
 // before they write, so a retry of a script that did run is refused
 // (NOT_OWNED) instead of applied twice.
 func (c *Consumer) runScript(ctx context.Context, s *redis.Script, keys []string, args []any) (rdb.Result, error) {
+	return c.retryScript(ctx, func(ctx context.Context) (any, error) {
+		return rdb.Run(ctx, c.rdb, s, keys, args...)
+	})
+}
+
+// retryScript calls run, retrying as runScript describes.
+func (c *Consumer) retryScript(ctx context.Context, run func(context.Context) (any, error)) (rdb.Result, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.CommitTimeout)
 	defer cancel()
 	for attempt := int64(1); ; attempt++ {
-		reply, err := rdb.Run(ctx, c.rdb, s, keys, args...)
+		reply, err := run(ctx)
 		if err == nil {
 			return rdb.ParseResult(reply)
 		}

@@ -10,14 +10,19 @@
 -- ARGV[2]              -> consumer
 -- ARGV[3]              -> ne, number of entries
 -- ARGV[4]              -> ns, number of state records
--- ARGV[5]              -> np, number of publishes
--- ARGV[6]              -> highest entry ID of the batch (the new committed offset)
--- ARGV[7]              -> lowest entry ID of the batch
--- ARGV[8]              -> token of this commit, unique: written into every state record
--- then ne entry IDs, then their ne delivery counts seen at delivery
+-- ARGV[5]              -> nc, number of delivery-count runs
+-- ARGV[6]              -> ng, number of publish groups
+-- ARGV[7]              -> highest entry ID of the batch (the new committed offset)
+-- ARGV[8]              -> lowest entry ID of the batch
+-- ARGV[9]              -> token of this commit, unique: written into every state record
+-- then ne entry IDs, ascending where possible (the ownership check walks them
+--                         beside the pending list, looking up any out of order)
+-- then nc pairs        -> delivery count seen at delivery, run length: the
+--                         counts of the entries in order (runs add up to ne)
 -- then ns quadruples   -> version and token read by the handler (0 and "" = absent),
 --                         data, last entry ID
--- then np publishes    -> target index t (KEYS[2+ns+t]), field count n, n field/value pairs
+-- then ng groups       -> run r, target index t (KEYS[2+ns+t]), field count n, then
+--                         r publishes of n field/value pairs each, all to that target
 --
 -- Returns one of:
 --   {0}                    committed
@@ -33,34 +38,53 @@
 -- Nothing is written unless the reply is {0}: every check runs before any write.
 
 local group, consumer = ARGV[1], ARGV[2]
-local ne, ns, np = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local offset, token = ARGV[6], ARGV[8]
-local ids, counts = 9, 9 + ne -- ARGV[ids + i - 1] is entry i's ID, ARGV[counts + i - 1] its count
-local a = 9 + 2 * ne
+local ne, ns, nc, ng = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local offset, token = ARGV[7], ARGV[9]
+local ids = 10 -- ARGV[ids + i - 1] is entry i's ID
+local a = ids + ne -- the delivery-count runs
 
 -- Phase 1: checks. No write may come before the last one.
 -- Ownership: one XPENDING over the batch's ID range, filtered to this
--- consumer, gives each entry's delivery count. Only if that reply was cut
--- by its count limit are the entries it missed looked up one by one.
+-- consumer, gives each entry's delivery count. The entries and the rows are
+-- both in ID order, so they are walked side by side; an entry out of order
+-- is looked up in a table of the rows, and only if the reply was cut by its
+-- count limit are the entries it missed looked up one by one.
 local bad = {}
 if ne > 0 then
   local limit = ne + 64
-  local rows = redis.call('XPENDING', KEYS[1], group, ARGV[7], offset, limit, consumer)
-  local have = {}
-  for _, row in ipairs(rows) do
-    have[row[1]] = tonumber(row[4])
+  local rows = redis.call('XPENDING', KEYS[1], group, ARGV[8], offset, limit, consumer)
+  local have
+  local i, j = 1, 1
+  for _ = 1, nc do
+    local want, run = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    a = a + 2
+    for _ = 1, run do
+      local id = ARGV[ids + i - 1]
+      local row = rows[j]
+      local n
+      if row and row[1] == id then
+        n = row[4]
+        j = j + 1
+      else
+        if not have then
+          have = {}
+          for _, r in ipairs(rows) do have[r[1]] = r[4] end
+        end
+        n = have[id]
+        if n == nil and #rows >= limit then
+          local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
+          local r = p[1]
+          if r and r[2] == consumer then n = r[4] end
+        end
+      end
+      if n ~= want then
+        bad[#bad + 1] = i
+      end
+      i = i + 1
+    end
   end
-  for i = 1, ne do
-    local id = ARGV[ids + i - 1]
-    local n = have[id]
-    if n == nil and #rows >= limit then
-      local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
-      local row = p[1]
-      if row and row[2] == consumer then n = tonumber(row[4]) end
-    end
-    if n ~= tonumber(ARGV[counts + i - 1]) then
-      bad[#bad + 1] = i
-    end
+  if i ~= ne + 1 then
+    return redis.error_reply('ERR streamtx commit: delivery-count runs cover ' .. (i - 1) .. ' entries, not ' .. ne)
   end
 end
 if #bad > 0 then
@@ -114,11 +138,13 @@ for i = 1, ns do
   a = a + 4
 end
 
-for _ = 1, np do
-  local t, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  a = a + 2
-  redis.call('XADD', KEYS[2 + ns + t], '*', unpack(ARGV, a, a + 2 * n - 1))
-  a = a + 2 * n
+for _ = 1, ng do
+  local r, key, w = tonumber(ARGV[a]), KEYS[2 + ns + tonumber(ARGV[a + 1])], 2 * tonumber(ARGV[a + 2])
+  a = a + 3
+  for _ = 1, r do
+    redis.call('XADD', key, '*', unpack(ARGV, a, a + w - 1))
+    a = a + w
+  end
 end
 
 -- The committed offset only moves forward: compare IDs as ms-seq integers.

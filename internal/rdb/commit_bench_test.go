@@ -164,11 +164,10 @@ func benchCommitScript(b *testing.B, batch, nStates int) {
 		c := benchNewCommit(b, space, out, ids, nStates, int64(i), token)
 		b.StartTimer()
 
-		keys, args, err := c.Build()
-		if err != nil {
+		if _, _, err := c.Build(); err != nil {
 			b.Fatal(err)
 		}
-		reply, err := rdb.Run(ctx, client, scripts.Commit, keys, args...)
+		reply, err := rdb.RunCommit(ctx, client, scripts, c)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/redis/go-redis/v9"
 
@@ -69,27 +70,35 @@ type Commit struct {
 	// into Targets of Publishes[i]. Filled by Build.
 	Targets   []string
 	PubTarget []int
+
+	cmd   []any // the whole command Build made: head, then ARGV
+	keys  []string
+	nkeys int
 }
 
 // Build returns the KEYS and ARGV of the commit. It refuses a commit the
 // script could not apply whole: no entries, or a publish without fields or
 // with an odd number of them.
+//
+// ARGV holds pointers into arrays Build allocates once (*string, *int64,
+// []byte), so that a commit of b entries costs a handful of allocations, not
+// one per argument. The arguments stay valid until the next Build.
 func (c *Commit) Build() (keys []string, args []any, err error) {
 	if len(c.IDs) == 0 || len(c.IDs) != len(c.Deliveries) {
 		return nil, nil, fmt.Errorf("rdb: commit of %d entries with %d delivery counts", len(c.IDs), len(c.Deliveries))
 	}
+	nf := 0
 	for _, p := range c.Publishes {
 		if len(p.Fields) == 0 || len(p.Fields)%2 != 0 {
 			return nil, nil, fmt.Errorf("rdb: publish to %q with %d fields and values", p.Stream, len(p.Fields))
 		}
+		nf += len(p.Fields)
 	}
 	c.Targets, c.PubTarget = c.Targets[:0], c.PubTarget[:0]
-	idx := make(map[string]int, 4)
 	for _, p := range c.Publishes {
-		t, ok := idx[p.Stream]
-		if !ok {
+		t := slices.Index(c.Targets, p.Stream)
+		if t < 0 {
 			t = len(c.Targets)
-			idx[p.Stream] = t
 			c.Targets = append(c.Targets, p.Stream)
 		}
 		c.PubTarget = append(c.PubTarget, t)
@@ -104,37 +113,98 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 	if c.Token == "" {
 		c.Token = NewToken()
 	}
-	n := 8 + 2*len(c.IDs) + 4*len(c.States)
-	for _, p := range c.Publishes {
-		n += 2 + len(p.Fields)
-	}
-	args = make([]any, 0, n)
-	lo, hi := "", ""
-	for _, id := range c.IDs {
-		if hi == "" || IDLess(hi, id) {
+	lo, hi := c.IDs[0], c.IDs[0]
+	for _, id := range c.IDs[1:] {
+		if IDLess(hi, id) {
 			hi = id
 		}
-		if lo == "" || IDLess(id, lo) {
+		if IDLess(id, lo) {
 			lo = id
 		}
 	}
-	args = append(args, c.Group, c.Consumer, len(c.IDs), len(c.States), len(c.Publishes), hi, lo, c.Token)
-	for _, id := range c.IDs {
-		args = append(args, id)
+
+	// Runs of equal delivery counts, and groups of consecutive publishes to
+	// one target with one field count: usually one of each per batch.
+	var ints []int64
+	for i := 0; i < len(c.Deliveries); {
+		j := i + 1
+		for j < len(c.Deliveries) && c.Deliveries[j] == c.Deliveries[i] {
+			j++
+		}
+		ints = append(ints, c.Deliveries[i], int64(j-i))
+		i = j
 	}
-	for _, d := range c.Deliveries {
-		args = append(args, d)
+	nc := len(ints) / 2
+	for i := 0; i < len(c.Publishes); {
+		j := i + 1
+		for j < len(c.Publishes) && c.PubTarget[j] == c.PubTarget[i] && len(c.Publishes[j].Fields) == len(c.Publishes[i].Fields) {
+			j++
+		}
+		ints = append(ints, int64(j-i), int64(c.PubTarget[i]+1), int64(len(c.Publishes[i].Fields)/2))
+		i = j
 	}
+	ng := (len(ints) - 2*nc) / 3
 	for _, s := range c.States {
-		args = append(args, s.Version, s.Token, s.Data, s.LastID)
+		ints = append(ints, s.Version)
 	}
-	for i, p := range c.Publishes {
-		args = append(args, c.PubTarget[i]+1, len(p.Fields)/2)
-		for _, f := range p.Fields {
-			args = append(args, f)
+	ints = append(ints, int64(len(c.IDs)), int64(len(c.States)), int64(nc), int64(ng))
+
+	// The command head (EVALSHA, hash, key count, keys) is left free for
+	// RunCommit, which then sends this one slice as it is.
+	head := 3 + len(keys)
+	cmd := make([]any, head, head+9+len(c.IDs)+2*nc+4*len(c.States)+3*ng+nf)
+	hdr := ints[len(ints)-4:]
+	cmd = append(cmd, &c.Group, &c.Consumer, &hdr[0], &hdr[1], &hdr[2], &hdr[3], &hi, &lo, &c.Token)
+	for i := range c.IDs {
+		cmd = append(cmd, &c.IDs[i])
+	}
+	k := 0
+	for ; k < 2*nc; k++ {
+		cmd = append(cmd, &ints[k])
+	}
+	g := k
+	v := k + 3*ng
+	for i := range c.States {
+		s := &c.States[i]
+		cmd = append(cmd, &ints[v+i], &s.Token, s.Data, &s.LastID)
+	}
+	for i := 0; i < len(c.Publishes); g += 3 {
+		cmd = append(cmd, &ints[g], &ints[g+1], &ints[g+2])
+		for r := ints[g]; r > 0; r-- {
+			f := c.Publishes[i].Fields
+			for x := range f {
+				cmd = append(cmd, &f[x])
+			}
+			i++
 		}
 	}
-	return keys, args, nil
+	c.cmd, c.nkeys = cmd, len(keys)
+	c.keys = keys
+	return keys, cmd[head:], nil
+}
+
+// Doer sends a command as given: every go-redis client has Do.
+type Doer interface {
+	Do(ctx context.Context, args ...any) *redis.Cmd
+}
+
+// RunCommit runs a built commit with EVALSHA (EVAL when the server does not
+// know the script), sending the slice Build made as the whole command.
+func RunCommit(ctx context.Context, client Doer, s *Scripts, c *Commit) (any, error) {
+	if c.cmd == nil {
+		return nil, errors.New("rdb: RunCommit of a commit that was not built")
+	}
+	cmd := c.cmd
+	cmd[0], cmd[1], cmd[2] = "evalsha", s.Commit.Hash(), c.nkeys
+	for i, k := range c.keys {
+		cmd[3+i] = k
+	}
+	reply, err := client.Do(ctx, cmd...).Result()
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		cmd[0], cmd[1] = "eval", lua.Commit
+		reply, err = client.Do(ctx, cmd...).Result()
+	}
+	return reply, err
 }
 
 // NewToken returns a random commit token.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -158,11 +159,10 @@ func (e *env) unchanged(f func()) {
 }
 
 func (e *env) commit(c *rdb.Commit) (rdb.Result, error) {
-	ks, args, err := c.Build()
-	if err != nil {
+	if _, _, err := c.Build(); err != nil {
 		return rdb.Result{}, err
 	}
-	v, err := rdb.Run(e.ctx, e.rdb, e.scripts.Commit, ks, args...)
+	v, err := rdb.RunCommit(e.ctx, e.rdb, e.scripts, c)
 	if err != nil {
 		return rdb.Result{}, err
 	}
@@ -275,6 +275,84 @@ func TestCommitOK(t *testing.T) {
 	// nothing.
 	c.States[0].Version, c.States[1].Version = 1, 4
 	e.refuse(c, rdb.CodeNotOwned, 0, 1, 2)
+}
+
+// The delivery counts travel as runs of equal counts, and the ownership check
+// walks the entries beside the pending list: a mismatch anywhere in a run, or
+// an entry out of order, must still be caught, and the rest committed after.
+func TestCommitDeliveryRuns(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ids := e.add(7)
+	e.read("c1", 7)
+	e.claimTo("c1", ids[0], ids[1], ids[5])
+	e.claimTo("c1", ids[5])
+	// Counts now: 2 2 1 1 1 3 1.
+	c := e.newCommit("c1", ids...)
+	c.Deliveries = []int64{2, 2, 1, 1, 1, 3, 1}
+	c.Publishes = []txn.Publish{{Stream: e.prefix + "out", Fields: []string{"k", "v"}}}
+
+	for _, tc := range []struct {
+		name string
+		ids  []int
+		seen []int64
+		bad  []int
+	}{
+		{"one off in the middle of a run", []int{0, 1, 2, 3, 4, 5, 6}, []int64{2, 2, 1, 2, 1, 3, 1}, []int{3}},
+		{"a run that is off", []int{0, 1, 2, 3, 4, 5, 6}, []int64{1, 1, 1, 1, 1, 3, 1}, []int{0, 1}},
+		{"out of order", []int{6, 5, 0, 4, 1, 3, 2}, []int64{1, 3, 1, 1, 2, 1, 1}, []int{2}},
+		{"all off", []int{2, 3}, []int64{7, 7}, []int{0, 1}},
+	} {
+		c.IDs, c.Deliveries = nil, tc.seen
+		for _, i := range tc.ids {
+			c.IDs = append(c.IDs, ids[i])
+		}
+		e.refuse(c, rdb.CodeNotOwned, tc.bad...)
+	}
+
+	c.IDs = []string{ids[6], ids[5], ids[0], ids[4], ids[1], ids[3], ids[2]}
+	c.Deliveries = []int64{1, 3, 2, 1, 2, 1, 1}
+	r, err := e.commit(c)
+	require.NoError(t, err)
+	require.Equal(t, rdb.Result{Code: rdb.CodeOK}, r)
+	assert.Empty(t, e.pending())
+	assert.Len(t, e.xrange(e.prefix+"out"), 1)
+}
+
+// RunCommit sends EVALSHA and falls back to EVAL on a server that does not
+// have the script cached (a fresh or restarted server).
+func TestRunCommitLoadsScript(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	client := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	t.Cleanup(func() { _ = client.Close() })
+	ctx := context.Background()
+	require.NoError(t, client.XGroupCreateMkStream(ctx, "src", group, "$").Err())
+	id, err := client.XAdd(ctx, &redis.XAddArgs{Stream: "src", Values: []any{"k", "v"}}).Result()
+	require.NoError(t, err)
+	require.NoError(t, client.XReadGroup(ctx, &redis.XReadGroupArgs{Group: group, Consumer: "c1",
+		Streams: []string{"src", ">"}, Count: 1, Block: -1}).Err())
+
+	scripts := rdb.NewScripts()
+	exists, err := client.ScriptExists(ctx, scripts.Commit.Hash()).Result()
+	require.NoError(t, err)
+	require.Equal(t, []bool{false}, exists)
+
+	c := &rdb.Commit{Stream: "src", Offsets: "src:offsets", Group: group, Consumer: "c1",
+		IDs: []string{id}, Deliveries: []int64{1},
+		Publishes: []txn.Publish{{Stream: "out", Fields: []string{"a", "b"}}}}
+	_, err = rdb.RunCommit(ctx, client, scripts, c)
+	require.ErrorContains(t, err, "not built")
+	_, _, err = c.Build()
+	require.NoError(t, err)
+	v, err := rdb.RunCommit(ctx, client, scripts, c)
+	require.NoError(t, err)
+	r, err := rdb.ParseResult(v)
+	require.NoError(t, err)
+	assert.Equal(t, rdb.Result{Code: rdb.CodeOK}, r)
+	n, err := client.XLen(ctx, "out").Result()
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, n)
 }
 
 func TestCommitOnlyPublishesOrOnlyState(t *testing.T) {
