@@ -580,7 +580,12 @@ func (c *Consumer) readOnce(ctx context.Context, count int, block time.Duration)
 		c.recoverOwn, c.ownCursor = true, "0"
 		return nil, fmt.Errorf("streamtx: read %q: %w", c.cfg.Stream, err)
 	}
-	var msgs []*Message
+	n := 0
+	for _, s := range res {
+		n += len(s.Messages)
+	}
+	all := make([]Message, 0, n) // one allocation for the batch's messages
+	msgs := make([]*Message, 0, n)
 	for _, s := range res {
 		for _, m := range s.Messages {
 			vals := make(map[string]string, len(m.Values))
@@ -588,7 +593,8 @@ func (c *Consumer) readOnce(ctx context.Context, count int, block time.Duration)
 				s, _ := v.(string)
 				vals[k] = s
 			}
-			msgs = append(msgs, &Message{Stream: c.cfg.Stream, ID: m.ID, Values: vals, Deliveries: 1})
+			all = append(all, Message{Stream: c.cfg.Stream, ID: m.ID, Values: vals, Deliveries: 1})
+			msgs = append(msgs, &all[len(all)-1])
 		}
 	}
 	return msgs, nil
@@ -678,9 +684,11 @@ func (c *Consumer) claimErr(ctx context.Context, err error) error {
 }
 
 func (c *Consumer) messages(entries []rdb.Entry) []*Message {
+	all := make([]Message, len(entries))
 	msgs := make([]*Message, len(entries))
 	for i, e := range entries {
-		msgs[i] = &Message{Stream: c.cfg.Stream, ID: e.ID, Values: e.Values, Deliveries: e.Deliveries}
+		all[i] = Message{Stream: c.cfg.Stream, ID: e.ID, Values: e.Values, Deliveries: e.Deliveries}
+		msgs[i] = &all[i]
 	}
 	return msgs
 }
@@ -804,8 +812,10 @@ func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 	if c.cfg.Parallelism > 1 && len(msgs) > 1 {
 		c.handleLanes(hctx, msgs, txs, errs)
 	} else {
+		all := make([]txn.Tx, len(msgs)) // one allocation for the batch's transactions
 		for i, m := range msgs {
-			txs[i] = txn.New(c.env, m.ID)
+			all[i].Reset(c.env, m.ID, 0)
+			txs[i] = &all[i]
 			errs[i] = c.handleOne(hctx, m, txs[i])
 		}
 	}

@@ -40,6 +40,11 @@ type Tx struct {
 	touched []*Slot
 	err     error
 	lane    int
+
+	// Most handlers publish once and touch one record: room for those in
+	// the Tx itself saves an allocation each.
+	pub1   [1]Publish
+	touch1 [1]*Slot
 }
 
 // Env is what a consumer lends its transactions: the state cache and the
@@ -59,6 +64,13 @@ type Env struct {
 // New returns the transaction for the entry with the given ID.
 func New(env *Env, entryID string) *Tx {
 	return &Tx{entryID: entryID, env: env}
+}
+
+// Reset makes tx the transaction of the entry with the given ID, in lane (0
+// unless the batch is handled in lanes, see NewInLane), as New would: it
+// lets a consumer allocate a batch's transactions in one slice.
+func (tx *Tx) Reset(env *Env, entryID string, lane int) {
+	*tx = Tx{entryID: entryID, env: env, lane: lane}
 }
 
 // NewInLane returns the transaction of an entry handled in one of several
@@ -128,6 +140,9 @@ func (tx *Tx) publish(stream string, values map[string]any) error {
 		if err := tx.env.Route(&p); err != nil {
 			return fmt.Errorf("%w: to %q: %w", ErrBadPublish, stream, err)
 		}
+	}
+	if tx.pubs == nil {
+		tx.pubs = tx.pub1[:0]
 	}
 	tx.pubs = append(tx.pubs, p)
 	return nil
@@ -200,6 +215,9 @@ func (tx *Tx) State(ctx context.Context, name, key string, keyed bool, codec Cod
 		if t == s {
 			return v, nil
 		}
+	}
+	if tx.touched == nil {
+		tx.touched = tx.touch1[:0]
 	}
 	tx.touched = append(tx.touched, s)
 	return v, nil
