@@ -19,7 +19,8 @@
 --                         beside the pending list, looking up any out of order)
 -- then nc pairs        -> delivery count seen at delivery, run length: the
 --                         counts of the entries in order (runs add up to ne)
--- then ns quadruples   -> version and token read by the handler (0 and "" = absent),
+-- then ns quadruples   -> the version to write (the version the handler read, plus
+--                         one: absent = 0), the token the handler read ("" = absent),
 --                         data, last entry ID
 -- then ng groups       -> run r, target index t (KEYS[2+ns+t]), field count n, then
 --                         r publishes of n field/value pairs each, all to that target
@@ -106,7 +107,7 @@ end
 local stateArg = a
 for i = 1, ns do
   local r = redis.call('HMGET', KEYS[2 + i], 'v', 't')
-  if (tonumber(r[1]) or 0) ~= tonumber(ARGV[a]) or (r[2] or '') ~= ARGV[a + 1] then
+  if (tonumber(r[1]) or 0) + 1 ~= tonumber(ARGV[a]) or (r[2] or '') ~= ARGV[a + 1] then
     bad[#bad + 1] = i
   end
   a = a + 4
@@ -133,8 +134,10 @@ end
 
 -- Phase 2: writes.
 a = stateArg
+-- Every argument is passed on as the string it came as: a Lua number handed
+-- to redis.call is formatted first, which costs more than the HSET itself.
 for i = 1, ns do
-  redis.call('HSET', KEYS[2 + i], 'd', ARGV[a + 2], 'v', tonumber(ARGV[a]) + 1, 'id', ARGV[a + 3], 't', token)
+  redis.call('HSET', KEYS[2 + i], 'd', ARGV[a + 2], 'v', ARGV[a], 'id', ARGV[a + 3], 't', token)
   a = a + 4
 end
 

@@ -145,7 +145,7 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 	}
 	ng := (len(ints) - 2*nc) / 3
 	for _, s := range c.States {
-		ints = append(ints, s.Version)
+		ints = append(ints, s.Version+1) // the script writes the version it is sent
 	}
 	ints = append(ints, int64(len(c.IDs)), int64(len(c.States)), int64(nc), int64(ng))
 
