@@ -58,8 +58,11 @@ func (c *Consumer) startCommit(ctx context.Context, items []item, async bool) *c
 			j.pubOwner = append(j.pubOwner, i)
 		}
 	}
-	j.cm.States = c.states.Dirty()
-	_, _, err := j.cm.Build()
+	var err error
+	j.cm.States, err = c.states.Dirty()
+	if err == nil {
+		_, _, err = j.cm.Build()
+	}
 	j.start = time.Now()
 	if err != nil {
 		j.err = err

@@ -303,6 +303,7 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		idleCursor: "0-0",
 	}
 	c.states = txn.NewStates(c.loadState, c.stateKey, cfg.StateCacheSize)
+	c.states.DeferEncoding(true)
 	c.env = &txn.Env{
 		States:            c.states,
 		Route:             c.route,
@@ -809,16 +810,40 @@ func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 			c.log.Warn("streamtx: prefetching state failed", "err", err)
 		}
 	}
-	if c.cfg.Parallelism > 1 && len(msgs) > 1 {
-		c.handleLanes(hctx, msgs, txs, errs)
-	} else {
-		all := make([]txn.Tx, len(msgs)) // one allocation for the batch's transactions
-		for i, m := range msgs {
-			all[i].Reset(c.env, m.ID, 0)
-			txs[i] = &all[i]
-			errs[i] = c.handleOne(hctx, m, txs[i])
-		}
+	// State changes are encoded once, at the end of the batch. A handler
+	// that fails after an earlier entry of the batch changed a record it
+	// touched leaves that record unusable: the batch's records go back to
+	// where they were, and its other entries run again (each pass leaves
+	// out one more failed entry). A value that does not encode sends the
+	// batch round once more encoding at every entry, to fail just the entry
+	// that made it.
+	run := make([]int, len(msgs))
+	for i := range run {
+		run[i] = i
 	}
+	for len(run) > 0 {
+		c.handlePass(hctx, msgs, run, txs, errs)
+		restore := c.states.NeedsRestore()
+		if !restore {
+			if err := c.states.EncodeBatch(); err != nil {
+				c.log.Warn("streamtx: state does not encode; handling the batch again, encoding after every entry", "err", err)
+				c.states.DeferEncoding(false)
+				restore = true
+			}
+		}
+		if !restore {
+			break
+		}
+		c.states.RestoreBatch()
+		next := run[:0]
+		for _, i := range run {
+			if errs[i] == nil {
+				next = append(next, i)
+			}
+		}
+		run = next
+	}
+	c.states.DeferEncoding(true)
 	items := make([]item, 0, len(msgs))
 	for i, m := range msgs {
 		delete(c.retries, m.ID)
@@ -833,6 +858,24 @@ func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 		items = append(items, item{m, txs[i]})
 	}
 	return items
+}
+
+// handlePass handles msgs[i] for every i in run, in order (in lanes when
+// Parallelism asks for them), into txs[i] and errs[i].
+func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, txs []*txn.Tx, errs []error) {
+	if c.cfg.Parallelism > 1 && len(run) > 1 {
+		c.handleLanes(hctx, msgs, run, txs, errs)
+		return
+	}
+	all := make([]txn.Tx, len(run)) // one allocation for the pass's transactions
+	for k, i := range run {
+		all[k].Reset(c.env, msgs[i].ID, 0)
+		txs[i] = &all[k]
+		errs[i] = c.handleOne(hctx, msgs[i], txs[i])
+		if errs[i] != nil && c.states.NeedsRestore() {
+			return // the rest would see a record the failure left behind
+		}
+	}
 }
 
 // handleOne runs the handler in tx and seals it, or rolls it back.
@@ -857,15 +900,15 @@ func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txn.Tx) error
 	return err
 }
 
-// handleLanes handles msgs in Parallelism lanes by partition key, each lane
+// handleLanes handles the msgs run names in Parallelism lanes by partition key, each lane
 // in order, and waits for all of them.
-func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, txs []*txn.Tx, errs []error) {
+func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int, txs []*txn.Tx, errs []error) {
 	c.states.BeginBatch()
 	n := c.cfg.Parallelism
 	lanes := make([][]int, n)
-	for i, m := range msgs {
+	for _, i := range run {
 		h := fnv.New32a()
-		h.Write([]byte(c.cfg.PartitionKey(m)))
+		h.Write([]byte(c.cfg.PartitionKey(msgs[i])))
 		l := int(h.Sum32() % uint32(n))
 		lanes[l] = append(lanes[l], i)
 	}
@@ -880,6 +923,9 @@ func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, txs []*txn
 			for _, i := range idx {
 				txs[i] = txn.NewInLane(c.env, msgs[i].ID, l+1)
 				errs[i] = c.handleOne(hctx, msgs[i], txs[i])
+				if errs[i] != nil && c.states.NeedsRestore() {
+					return // the rest of the lane would see what the failure left
+				}
 			}
 		}()
 	}

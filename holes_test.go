@@ -407,3 +407,48 @@ func TestHole12UndecodableStateIsAnErrorNamingTheKey(t *testing.T) {
 	require.Len(t, e.entries(c.DeadLetterStream()), 1)
 	require.True(t, strings.Contains(e.entries(c.DeadLetterStream())[0].Values["stx.error"].(string), "does not decode"))
 }
+
+// State is encoded once per batch. A value that does not encode must fail
+// only the entry that made it: the batch is handled again encoding after
+// every entry, and the other entries commit once each.
+func TestUnencodableStateFailsOnlyItsEntry(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	src, out := e.key("in"), e.key("out")
+	ids := e.add(src, 10, func(i int) map[string]any { return map[string]any{"i": i} })
+	type odd struct {
+		N int
+		F any
+	}
+	var calls atomic.Int64
+	h := streamtx.Stateful("n", func(ctx context.Context, msg *streamtx.Message, s *odd, tx *txn.Tx) error {
+		calls.Add(1)
+		s.N++
+		if msg.Values["i"] == "4" {
+			s.F = make(chan int) // msgpack cannot encode a channel
+		}
+		return tx.Publish(out, map[string]any{"src": msg.ID, "n": s.N})
+	})
+	ev := newEvents()
+	cfg := e.cfg(src, "g", "c")
+	cfg.BatchSize = 10
+	cfg.MaxDeliveries = 1
+	cfg.Observer = ev
+	c, err := streamtx.NewConsumer(e.rdb, cfg, h)
+	require.NoError(t, err)
+	stop := run(t, c)
+	e.drained(src, "g")
+	stop()
+
+	e.requireExactlyOnce(out, append(append([]string{}, ids[:3]...), ids[4:]...)) // "i" counts from 1
+	st, err := streamtx.ReadState[odd](context.Background(), e.rdb, src, "g", "n")
+	require.NoError(t, err)
+	require.Equal(t, 9, st.Value.N)
+	require.Nil(t, st.Value.F)
+	dl := e.entries(c.DeadLetterStream())
+	require.Len(t, dl, 1)
+	require.Equal(t, ids[3], dl[0].Values["stx.id"])
+	require.Contains(t, dl[0].Values["stx.error"], "encode state")
+	// One pass encoding at the end, one encoding after every entry.
+	require.Equal(t, int64(20), calls.Load())
+}

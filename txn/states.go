@@ -48,6 +48,22 @@ type States struct {
 	dirty []*Slot           // slots with uncommitted changes, in the order first changed
 	max   int
 	epoch uint64 // advanced by BeginBatch
+
+	// deferred: Seal leaves changed values unencoded until EncodeBatch, so
+	// a record changed by every entry of a batch is encoded once per batch.
+	deferred bool
+	restore  bool // a failed transaction touched a record changed earlier in the batch
+}
+
+// DeferEncoding makes Seal leave values unencoded: EncodeBatch encodes each
+// changed record once, at the end of a batch. The price is paid only when a
+// handler fails after another transaction of the batch changed a record it
+// touched: the caller must then RestoreBatch and handle the batch's other
+// entries again (NeedsRestore tells). Off, Seal encodes every time.
+func (st *States) DeferEncoding(on bool) {
+	st.mu.Lock()
+	st.deferred = on
+	st.mu.Unlock()
 }
 
 // ErrLaneConflict is returned by Tx.State when transactions of two lanes
@@ -84,9 +100,16 @@ type Slot struct {
 	pending []byte // encoded during Seal, before it is applied
 	gen     uint64 // incremented by every Seal that changes the slot
 	dirty   bool
-	lane    int // lane that touched it in batch epoch
-	epoch   uint64
-	codec   Codec
+	// fresh: value holds changes that blob does not (deferred encoding).
+	// The enc* fields are what to go back to from there: lastID, gen and
+	// dirty as of the last time blob and value agreed.
+	fresh    bool
+	encID    string
+	encGen   uint64
+	encDirty bool
+	lane     int // lane that touched it in batch epoch
+	epoch    uint64
+	codec    Codec
 }
 
 func (s *Slot) working() (any, error) {
@@ -114,7 +137,71 @@ func (st *States) key(name, key string, keyed bool) string {
 }
 
 func newSlot(k string, rec Record) *Slot {
-	return &Slot{Key: k, version: rec.Version, token: rec.Token, blob: rec.Data, lastID: rec.LastID, base: rec.Data, baseID: rec.LastID}
+	return &Slot{Key: k, version: rec.Version, token: rec.Token, blob: rec.Data, lastID: rec.LastID, base: rec.Data, baseID: rec.LastID, encID: rec.LastID}
+}
+
+// agreed records that blob and value agree: the point RestoreBatch goes
+// back to.
+func (s *Slot) agreed() {
+	s.fresh, s.encID, s.encGen, s.encDirty = false, s.lastID, s.gen, s.dirty
+}
+
+// EncodeBatch encodes, once, every record whose changes Seal left
+// unencoded. On an error (a value that does not encode) nothing is changed:
+// RestoreBatch, then handle the batch again with DeferEncoding off to find
+// the entry at fault.
+func (st *States) EncodeBatch() error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	blobs := make([][]byte, len(st.dirty))
+	for i, s := range st.dirty {
+		if !s.fresh {
+			continue
+		}
+		b, err := s.codec.Encode(s.value)
+		if err != nil {
+			return fmt.Errorf("txn: encode state %q: %w", s.Key, err)
+		}
+		blobs[i] = b
+	}
+	for i, s := range st.dirty {
+		if s.fresh {
+			s.blob = blobs[i]
+			s.agreed()
+		}
+	}
+	return nil
+}
+
+// NeedsRestore reports whether a failed transaction touched a record that
+// an earlier transaction of the batch had changed (deferred encoding): its
+// value can no longer be trusted, so the batch must be restored and its
+// other entries handled again.
+func (st *States) NeedsRestore() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.restore
+}
+
+// RestoreBatch takes every record changed since the last EncodeBatch back
+// to its value then, as if the batch's transactions had not run. Their
+// publishes are the caller's to drop.
+func (st *States) RestoreBatch() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	keep := st.dirty[:0]
+	for _, s := range st.dirty {
+		if s.fresh {
+			s.value, s.fresh = nil, false
+			s.lastID, s.gen, s.dirty = s.encID, s.encGen, s.encDirty
+		}
+		if s.dirty {
+			keep = append(keep, s)
+		}
+	}
+	clear(st.dirty[len(keep):])
+	st.dirty = keep
+	st.restore = false
 }
 
 // Prefetch loads the records refs name that are not cached, in one round
@@ -200,13 +287,17 @@ type Write struct {
 }
 
 // Dirty returns the records changed since the last commit, in the order
-// they were first changed.
-func (st *States) Dirty() []Write {
+// they were first changed, encoding first what Seal left unencoded (see
+// EncodeBatch, whose error it returns).
+func (st *States) Dirty() ([]Write, error) {
+	if err := st.EncodeBatch(); err != nil {
+		return nil, err
+	}
 	w := make([]Write, len(st.dirty))
 	for i, s := range st.dirty {
 		w[i] = Write{Key: s.Key, Version: s.version, Token: s.token, Data: s.blob, LastID: s.lastID, gen: s.gen}
 	}
-	return w
+	return w, nil
 }
 
 // Committed records that writes (from Dirty) were committed with token:
@@ -222,6 +313,9 @@ func (st *States) Committed(writes []Write, token string) {
 		s.base, s.baseID = w.Data, w.LastID
 		if s.gen == w.gen {
 			s.dirty = false
+		}
+		if s.encGen == w.gen {
+			s.encDirty = false // going back to that point is going back to a clean record
 		}
 	}
 	keep := st.dirty[:0]
@@ -248,9 +342,11 @@ func (st *States) Rollback(stale []string) {
 	for _, s := range st.dirty {
 		s.blob, s.lastID, s.value, s.dirty = s.base, s.baseID, nil, false
 		s.gen++
+		s.agreed()
 	}
 	clear(st.dirty)
 	st.dirty = st.dirty[:0]
+	st.restore = false
 }
 
 // Discard forgets every record with uncommitted changes, so that the next
@@ -262,11 +358,26 @@ func (st *States) Discard() {
 	}
 	clear(st.dirty)
 	st.dirty = st.dirty[:0]
+	st.restore = false
 }
 
+// markDirty marks s changed, its blob up to date.
 func (st *States) markDirty(s *Slot) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	st.dirtyLocked(s)
+	s.agreed()
+}
+
+// markFresh marks s changed, its blob not (deferred encoding).
+func (st *States) markFresh(s *Slot) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.dirtyLocked(s)
+	s.fresh = true
+}
+
+func (st *States) dirtyLocked(s *Slot) {
 	s.gen++
 	if !s.dirty {
 		s.dirty = true
@@ -274,11 +385,24 @@ func (st *States) markDirty(s *Slot) {
 	}
 }
 
+func (st *States) deferEncoding() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.deferred
+}
+
+func (st *States) flagRestore() {
+	st.mu.Lock()
+	st.restore = true
+	st.mu.Unlock()
+}
+
 // Reset forgets every record.
 func (st *States) Reset() {
 	clear(st.slots)
 	clear(st.dirty)
 	st.dirty = st.dirty[:0]
+	st.restore = false
 }
 
 // Len returns the number of cached records.

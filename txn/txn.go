@@ -223,13 +223,26 @@ func (tx *Tx) State(ctx context.Context, name, key string, keyed bool, codec Cod
 	return v, nil
 }
 
-// Seal ends a successful handler call: it encodes every state record the
-// transaction touched, once, and marks it to be written with this entry as
-// its last entry. A Seal error (a value that does not encode) means the
-// transaction failed; the caller must then call Rollback.
+// Seal ends a successful handler call: it marks every state record the
+// transaction touched to be written with this entry as its last entry. It
+// encodes each such record, once, unless the States defer encoding to the
+// end of the batch (see States.DeferEncoding). A Seal error (a value that
+// does not encode) means the transaction failed; the caller must then call
+// Rollback.
 func (tx *Tx) Seal() error {
 	if tx.err != nil {
 		return tx.err
+	}
+	if len(tx.touched) == 0 {
+		return nil
+	}
+	st := tx.env.States
+	if st.deferEncoding() {
+		for _, s := range tx.touched {
+			s.lastID = tx.entryID
+			st.markFresh(s)
+		}
+		return nil
 	}
 	for _, s := range tx.touched {
 		b, err := s.codec.Encode(s.value)
@@ -241,15 +254,23 @@ func (tx *Tx) Seal() error {
 	for _, s := range tx.touched {
 		s.blob, s.pending = s.pending, nil
 		s.lastID = tx.entryID
-		tx.env.States.markDirty(s)
+		st.markDirty(s)
 	}
 	return nil
 }
 
 // Rollback undoes a failed handler call: every state record it touched goes
 // back to its value before the call, and the publishes are discarded.
+//
+// With deferred encoding, a record that an earlier transaction of the batch
+// changed cannot go back on its own (its last encoding is older): Rollback
+// then flags the States (NeedsRestore), and the caller restores the batch.
 func (tx *Tx) Rollback() {
 	for _, s := range tx.touched {
+		if s.fresh {
+			tx.env.States.flagRestore()
+			continue
+		}
 		s.value, s.pending = nil, nil
 	}
 	tx.touched = nil

@@ -93,7 +93,7 @@ func TestStateRollbackAndSeal(t *testing.T) {
 	require.NoError(t, tx.Publish("out", map[string]any{"a": 1}))
 	tx.Rollback()
 	require.Empty(t, tx.Publishes())
-	require.Empty(t, st.Dirty())
+	require.Empty(t, dirty(t, st))
 
 	// A sealed one is dirty, based on the version read.
 	tx = txn.New(env, "3-0")
@@ -102,7 +102,7 @@ func TestStateRollbackAndSeal(t *testing.T) {
 	require.Equal(t, 41, v.(*count).N, "rolled back to the stored value")
 	v.(*count).N++
 	require.NoError(t, tx.Seal())
-	w := st.Dirty()
+	w := dirty(t, st)
 	require.Len(t, w, 1)
 	require.Equal(t, "n/", w[0].Key)
 	require.Equal(t, int64(3), w[0].Version)
@@ -111,13 +111,13 @@ func TestStateRollbackAndSeal(t *testing.T) {
 	require.Equal(t, 1, loads, "cached between transactions")
 
 	st.Committed(w, "tok")
-	require.Empty(t, st.Dirty())
+	require.Empty(t, dirty(t, st))
 	tx = txn.New(env, "4-0")
 	v, err = tx.State(ctx, "n", "", false, codec)
 	require.NoError(t, err)
 	v.(*count).N++
 	require.NoError(t, tx.Seal())
-	require.Equal(t, int64(4), st.Dirty()[0].Version)
+	require.Equal(t, int64(4), dirty(t, st)[0].Version)
 
 	// Discard forgets uncommitted changes: the next access reloads.
 	st.Discard()
@@ -127,6 +127,13 @@ func TestStateRollbackAndSeal(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 41, v.(*count).N)
 	require.Equal(t, 2, loads)
+}
+
+func dirty(t *testing.T, st *txn.States) []txn.Write {
+	t.Helper()
+	w, err := st.Dirty()
+	require.NoError(t, err)
+	return w
 }
 
 func mustEncode(t *testing.T, n int) []byte {
@@ -173,4 +180,89 @@ func TestPrefetchRefreshesOnlyCleanRecords(t *testing.T) {
 	v, err = tx.State(ctx, "b", "", false, codec)
 	require.NoError(t, err)
 	require.Equal(t, 100, v.(*count).N, "a record with uncommitted changes is kept")
+}
+
+// countingCodec counts encodings.
+type countingCodec struct {
+	state.Codec[count]
+	encodes *int
+}
+
+func (c countingCodec) Encode(v any) ([]byte, error) {
+	*c.encodes++
+	return c.Codec.Encode(v)
+}
+
+// With deferred encoding, a record changed by every transaction of a batch
+// is encoded once; a failure after an earlier change asks for the batch to
+// be restored, and RestoreBatch goes back to the last encoding.
+func TestDeferredEncoding(t *testing.T) {
+	ctx := context.Background()
+	st := txn.NewStates(func(ctx context.Context, keys []string) ([]txn.Record, error) {
+		return []txn.Record{{Data: mustEncode(t, 10), Version: 1, LastID: "1-0", Token: "t1"}}, nil
+	}, func(name, key string, keyed bool) string { return name + "/" + key }, 0)
+	st.DeferEncoding(true)
+	encodes := 0
+	codec := countingCodec{encodes: &encodes}
+	env := &txn.Env{States: st}
+	apply := func(id string, fail bool) {
+		tx := txn.New(env, id)
+		v, err := tx.State(ctx, "n", "", false, codec)
+		require.NoError(t, err)
+		v.(*count).N++
+		if fail {
+			tx.Rollback()
+			return
+		}
+		require.NoError(t, tx.Seal())
+	}
+
+	// Batch 1: three changes, one encoding.
+	apply("2-0", false)
+	apply("3-0", false)
+	apply("4-0", false)
+	require.Zero(t, encodes)
+	require.False(t, st.NeedsRestore())
+	require.NoError(t, st.EncodeBatch())
+	require.Equal(t, 1, encodes)
+	w := dirty(t, st)
+	require.Equal(t, []txn.Write{{Key: "n/", Version: 1, Token: "t1", Data: mustEncode(t, 13), LastID: "4-0"}}, clearGen(w))
+	require.Equal(t, 1, encodes, "Dirty after EncodeBatch encodes nothing more")
+
+	// Batch 2, while batch 1 commits: a change, then a failure touching the
+	// same record.
+	apply("5-0", false)
+	apply("6-0", true)
+	require.True(t, st.NeedsRestore())
+	st.RestoreBatch()
+	require.False(t, st.NeedsRestore())
+	st.Committed(w, "t2")
+	// Back to batch 1's value: 13, based on the committed version; batch 1's
+	// write committed, so the record is clean.
+	require.Empty(t, dirty(t, st))
+	apply("5-0", false)
+	w = dirty(t, st)
+	require.Equal(t, []txn.Write{{Key: "n/", Version: 2, Token: "t2", Data: mustEncode(t, 14), LastID: "5-0"}}, clearGen(w))
+
+	// A failure touching a record no earlier transaction of the batch
+	// changed goes back on its own.
+	st.Committed(w, "t3")
+	apply("7-0", true)
+	require.False(t, st.NeedsRestore())
+	apply("7-0", false)
+	require.Equal(t, 15, decode(t, dirty(t, st)[0].Data))
+}
+
+func clearGen(w []txn.Write) []txn.Write {
+	out := make([]txn.Write, len(w))
+	for i, x := range w {
+		out[i] = txn.Write{Key: x.Key, Version: x.Version, Token: x.Token, Data: x.Data, LastID: x.LastID}
+	}
+	return out
+}
+
+func decode(t *testing.T, b []byte) int {
+	v, err := state.Codec[count]{}.Decode(b)
+	require.NoError(t, err)
+	return v.(*count).N
 }
