@@ -22,6 +22,7 @@ import (
 	"github.com/streamtx/streamtx/internal/faultproxy"
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/lua"
+	"github.com/streamtx/streamtx/state"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -384,7 +385,7 @@ func TestHole12UndecodableStateIsAnErrorNamingTheKey(t *testing.T) {
 	sp, err := keys.NewSpace(src, "g")
 	require.NoError(t, err)
 	// A msgpack string where a struct is expected, at version 1.
-	require.NoError(t, e.rdb.HSet(ctx, sp.State("n"), "d", "\xa3abc", "v", 1, "id", "0-1").Err())
+	require.NoError(t, e.rdb.Set(ctx, sp.State("n"), state.FormatRecord(1, "t", "0-1", []byte("\xa3abc")), 0).Err())
 	e.add(src, 1, func(i int) map[string]any { return map[string]any{"i": i} })
 
 	ev := newEvents()
@@ -402,7 +403,9 @@ func TestHole12UndecodableStateIsAnErrorNamingTheKey(t *testing.T) {
 		require.ErrorIs(t, x.Err, txn.ErrStateDecode)
 		require.Contains(t, x.Err.Error(), strconv.Quote(sp.State("n")))
 	}
-	require.Equal(t, "\xa3abc", e.rdb.HGet(ctx, sp.State("n"), "d").Val(), "the record must not be reset")
+	rec, err := state.Load(ctx, e.rdb, sp.State("n"))
+	require.NoError(t, err)
+	require.Equal(t, "\xa3abc", string(rec.Data), "the record must not be reset")
 	require.Zero(t, e.rdb.XLen(ctx, out).Val())
 	require.Len(t, e.entries(c.DeadLetterStream()), 1)
 	require.True(t, strings.Contains(e.entries(c.DeadLetterStream())[0].Values["stx.error"].(string), "does not decode"))

@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/state"
@@ -66,24 +63,13 @@ func (b *bench) stateSum(ctx context.Context, src string, keyed bool) (int64, er
 			names = append(names, space.KeyedState(stateName, keyName(i)))
 		}
 	}
-	pipe := b.rdb.Pipeline()
-	cmds := make([]*redis.StringCmd, len(names))
-	for i, k := range names {
-		cmds[i] = pipe.HGet(ctx, k, state.FieldData)
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	recs, err := state.LoadMany(ctx, b.rdb, names)
+	if err != nil {
 		return 0, err
 	}
 	var sum int64
-	for i, cmd := range cmds {
-		data, err := cmd.Bytes()
-		if errors.Is(err, redis.Nil) {
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		v, err := state.Decode[counter](data)
+	for i, rec := range recs {
+		v, err := state.Decode[counter](rec.Data)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", names[i], err)
 		}

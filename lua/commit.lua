@@ -2,8 +2,8 @@
 --
 -- KEYS[1]              -> source stream
 -- KEYS[2]              -> offsets hash (field = consumer, value = highest committed ID)
--- KEYS[3 .. 2+ns]      -> state records (hashes: d = data, v = version, id = last entry ID,
---                         t = token of the commit that wrote it)
+-- KEYS[3 .. 2+ns]      -> state records (strings: "<version> <token> <last entry ID>\n"
+--                         then the data; see package state)
 -- KEYS[3+ns .. ]       -> publish target streams
 --
 -- ARGV[1]              -> group
@@ -19,9 +19,9 @@
 --                         beside the pending list, looking up any out of order)
 -- then nc pairs        -> delivery count seen at delivery, run length: the
 --                         counts of the entries in order (runs add up to ne)
--- then ns quadruples   -> the version to write (the version the handler read, plus
---                         one: absent = 0), the token the handler read ("" = absent),
---                         data, last entry ID
+-- then ns triples      -> the start of the record the handler read, "<version> <token> "
+--                         ("" = absent), the index of its last byte, and the
+--                         whole record to write (version + 1, this commit's token)
 -- then ng groups       -> run r, target index t (KEYS[2+ns+t]), field count n, then
 --                         r publishes of n field/value pairs each, all to that target
 --
@@ -93,7 +93,7 @@ if #bad > 0 then
 end
 
 -- streamtx's own keys must hold what it put there: a hash or nothing. (The
--- state records' HMGET below fails on another type, before any write; the
+-- state records' GETRANGE below fails on another type, before any write; the
 -- offsets hash is only read after the writes, so check it now.)
 local function kind(key)
   local ty = redis.call('TYPE', key)
@@ -106,18 +106,21 @@ end
 
 local stateArg = a
 for i = 1, ns do
-  local r = redis.call('HMGET', KEYS[2 + i], 'v', 't')
-  if (tonumber(r[1]) or 0) + 1 ~= tonumber(ARGV[a]) or (r[2] or '') ~= ARGV[a + 1] then
+  local expect = ARGV[a]
+  if expect == '' then
+    -- absent: GETRANGE of an absent key is empty, of a record never
+    if redis.call('GETRANGE', KEYS[2 + i], '0', '0') ~= '' then bad[#bad + 1] = i end
+  elseif redis.call('GETRANGE', KEYS[2 + i], '0', ARGV[a + 1]) ~= expect then
     bad[#bad + 1] = i
   end
-  a = a + 4
+  a = a + 3
 end
 if #bad > 0 then
   return {2, unpack(bad)}
 end
 
--- A target must be a stream or absent, and not one of the hashes this
--- commit writes (an absent one would be created by the HSET first).
+-- A target must be a stream or absent, and not one of the keys this commit
+-- writes (an absent one would be created by the SET or HSET first).
 local own = {}
 for i = 2, 2 + ns do own[KEYS[i]] = true end
 local nt = #KEYS - 2 - ns
@@ -135,10 +138,10 @@ end
 -- Phase 2: writes.
 a = stateArg
 -- Every argument is passed on as the string it came as: a Lua number handed
--- to redis.call is formatted first, which costs more than the HSET itself.
+-- to redis.call is formatted first, which costs more than the write itself.
 for i = 1, ns do
-  redis.call('HSET', KEYS[2 + i], 'd', ARGV[a + 2], 'v', ARGV[a], 'id', ARGV[a + 3], 't', token)
-  a = a + 4
+  redis.call('SET', KEYS[2 + i], ARGV[a + 2])
+  a = a + 3
 end
 
 for _ = 1, ng do

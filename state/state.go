@@ -1,13 +1,19 @@
 // Package state encodes handler state as msgpack and reads state records
 // from Redis.
 //
-// A state record is a Redis hash: "d", the msgpack-encoded value (opaque to
-// Lua); "v", its version, incremented by every commit that writes it; "id",
-// the ID of the last entry applied to it; and "t", a random token of the
-// commit that wrote it. A commit checks version and token, so a record
-// rolled back by a failover and rewritten to the same version by other
-// commits is still seen as changed. An absent record is the zero value at
-// version 0.
+// A state record is a Redis string: a one-line header, then the
+// msgpack-encoded value (opaque to Lua):
+//
+//	<version> <token> <last entry ID>\n<msgpack>
+//
+// The version is incremented by every commit that writes the record, the
+// token is a random one of the commit that wrote it, and the last entry ID is
+// that of the last entry applied to it. A commit checks version and token
+// (the header's start, read with GETRANGE), so a record rolled back by a
+// failover and rewritten to the same version by other commits is still seen
+// as changed. An absent record is the zero value at version 0. A string
+// rather than a hash makes a commit's check and write one cheap command each,
+// and loading a batch's records one MGET.
 //
 // Decoding never runs code and never panics: bytes that do not decode into
 // the state type are an error.
@@ -19,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
@@ -26,16 +33,8 @@ import (
 	"github.com/streamtx/streamtx/txn"
 )
 
-// Field names of a state record hash.
-const (
-	FieldData    = "d"
-	FieldVersion = "v"
-	FieldLastID  = "id"
-	FieldToken   = "t"
-)
-
-// ErrCorrupt is returned for a state record whose fields are malformed (a
-// version that is not a number, data without a version).
+// ErrCorrupt is returned for a state record that is malformed (no header,
+// a version that is not a positive number).
 var ErrCorrupt = errors.New("state: corrupt record")
 
 // Codec is the msgpack codec of state type S. Values are *S.
@@ -94,63 +93,90 @@ func Encode[S any](v *S) ([]byte, error) {
 // Load reads the state record at key. An absent record is Record{} with no
 // error.
 func Load(ctx context.Context, rdb redis.Cmdable, key string) (txn.Record, error) {
-	vals, err := rdb.HMGet(ctx, key, FieldData, FieldVersion, FieldLastID, FieldToken).Result()
+	v, err := rdb.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		return txn.Record{}, nil
+	}
 	if err != nil {
 		return txn.Record{}, err
 	}
-	return ParseRecord(key, vals)
+	return ParseRecord(key, v)
 }
 
-// LoadMany reads the state records at keys in one pipelined round trip.
+// LoadMany reads the state records at keys with one MGET (the keys of one
+// stream share its hash slot).
 func LoadMany(ctx context.Context, rdb redis.Cmdable, keys []string) ([]txn.Record, error) {
-	if len(keys) == 1 {
-		rec, err := Load(ctx, rdb, keys[0])
-		return []txn.Record{rec}, err
-	}
-	cmds := make([]*redis.SliceCmd, len(keys))
-	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, k := range keys {
-			cmds[i] = p.HMGet(ctx, k, FieldData, FieldVersion, FieldLastID, FieldToken)
-		}
-		return nil
-	})
+	vals, err := rdb.MGet(ctx, keys...).Result()
 	if err != nil {
 		return nil, err
 	}
+	if len(vals) != len(keys) {
+		return nil, fmt.Errorf("state: MGET of %d keys returned %d values", len(keys), len(vals))
+	}
 	recs := make([]txn.Record, len(keys))
-	for i, c := range cmds {
-		if recs[i], err = ParseRecord(keys[i], c.Val()); err != nil {
+	for i, v := range vals {
+		if v == nil {
+			continue
+		}
+		s, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf("%w: %q: a %T", ErrCorrupt, keys[i], v)
+		}
+		if recs[i], err = ParseRecord(keys[i], s); err != nil {
 			return nil, err
 		}
 	}
 	return recs, nil
 }
 
-// ParseRecord builds a Record from the HMGET reply for (d, v, id) or
-// (d, v, id, t).
-func ParseRecord(key string, vals []any) (txn.Record, error) {
-	if len(vals) == 4 {
-		rec, err := ParseRecord(key, vals[:3])
-		if err == nil && rec.Version > 0 {
-			rec.Token, _ = vals[3].(string)
-		}
-		return rec, err
+// FormatRecord returns the bytes of a state record.
+func FormatRecord(version int64, token, lastID string, data []byte) []byte {
+	b := make([]byte, 0, 24+len(token)+len(lastID)+len(data))
+	b = strconv.AppendInt(b, version, 10)
+	b = append(b, ' ')
+	b = append(b, token...)
+	b = append(b, ' ')
+	b = append(b, lastID...)
+	b = append(b, '\n')
+	return append(b, data...)
+}
+
+// RecordPrefix returns the start of the record at version with token, up to
+// and including the space after the token: a commit checks a record by
+// comparing its first len(prefix) bytes. Version 0 (absent) has none.
+func RecordPrefix(version int64, token string) string {
+	if version == 0 {
+		return ""
 	}
-	if len(vals) != 3 {
-		return txn.Record{}, fmt.Errorf("%w: %q: %d fields", ErrCorrupt, key, len(vals))
+	return strconv.FormatInt(version, 10) + " " + token + " "
+}
+
+// ValidToken reports whether a commit token can go into a record header:
+// no space, no line break.
+func ValidToken(token string) bool {
+	return !strings.ContainsAny(token, " \n")
+}
+
+// ParseRecord parses the bytes of a state record (see the package comment).
+func ParseRecord(key string, v string) (txn.Record, error) {
+	nl := strings.IndexByte(v, '\n')
+	if nl < 0 {
+		return txn.Record{}, fmt.Errorf("%w: %q: no header", ErrCorrupt, key)
 	}
-	if vals[0] == nil && vals[1] == nil && vals[2] == nil {
-		return txn.Record{}, nil
+	hdr := v[:nl]
+	sp1 := strings.IndexByte(hdr, ' ')
+	if sp1 < 0 {
+		return txn.Record{}, fmt.Errorf("%w: %q: header %q", ErrCorrupt, key, hdr)
 	}
-	d, ok1 := vals[0].(string)
-	v, ok2 := vals[1].(string)
-	id, _ := vals[2].(string)
-	if !ok1 || !ok2 {
-		return txn.Record{}, fmt.Errorf("%w: %q: missing data or version", ErrCorrupt, key)
+	sp2 := strings.IndexByte(hdr[sp1+1:], ' ')
+	if sp2 < 0 {
+		return txn.Record{}, fmt.Errorf("%w: %q: header %q", ErrCorrupt, key, hdr)
 	}
-	ver, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || ver < 1 {
-		return txn.Record{}, fmt.Errorf("%w: %q: version %q", ErrCorrupt, key, v)
+	sp2 += sp1 + 1
+	// Only the canonical form: a commit compares the header's bytes.
+	ver, err := strconv.ParseInt(hdr[:sp1], 10, 64)
+	if err != nil || ver < 1 || strconv.FormatInt(ver, 10) != hdr[:sp1] {
+		return txn.Record{}, fmt.Errorf("%w: %q: version %q", ErrCorrupt, key, hdr[:sp1])
 	}
-	return txn.Record{Data: []byte(d), Version: ver, LastID: id}, nil
+	return txn.Record{Data: []byte(v[nl+1:]), Version: ver, Token: hdr[sp1+1 : sp2], LastID: hdr[sp2+1:]}, nil
 }

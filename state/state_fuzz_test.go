@@ -3,7 +3,7 @@ package state_test
 import (
 	"errors"
 	"reflect"
-	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/streamtx/streamtx/state"
@@ -178,79 +178,44 @@ func FuzzDecodeCounts(f *testing.F) {
 	f.Fuzz(checkDecode[counts])
 }
 
-// FuzzParseRecord feeds ParseRecord HMGET replies of any shape: from 0 to 4
-// items, each nil, a string or (never sent by go-redis, but parsed
-// defensively) another type.
+// FuzzParseRecord: the bytes of a state record come from Redis. Parsing
+// never panics, refuses with ErrCorrupt, and what it accepts formats back to
+// a record that parses the same.
 func FuzzParseRecord(f *testing.F) {
-	const allStrings, allNil = 0, 0b010101
-	f.Add("\x81\xa1N\x01", "1", "1-0", uint8(3), uint8(allStrings))
-	f.Add("", "7", "", uint8(3), uint8(allStrings))
-	f.Add("", "", "", uint8(3), uint8(allNil))
-	f.Add("d", "1", "", uint8(3), uint8(0b010000)) // id absent
-	f.Add("d", "", "1-1", uint8(3), uint8(0b000100))
-	f.Add("", "1", "1-1", uint8(3), uint8(0b000001))
-	f.Add("d", "0", "", uint8(3), uint8(allStrings))
-	f.Add("d", "-1", "", uint8(3), uint8(allStrings))
-	f.Add("d", "+1", "", uint8(3), uint8(allStrings))
-	f.Add("d", "9223372036854775808", "", uint8(3), uint8(allStrings))
-	f.Add("d", "1.0", "", uint8(3), uint8(allStrings))
-	f.Add("d", " 1", "", uint8(3), uint8(allStrings))
-	f.Add("d", "1", "x", uint8(2), uint8(allStrings))
-	f.Add("d", "1", "x", uint8(4), uint8(allStrings))
-	f.Add("d", "1", "x", uint8(0), uint8(allStrings))
-	f.Add("d", "1", "x", uint8(3), uint8(0b101010)) // all int64
-	f.Fuzz(func(t *testing.T, d, v, id string, n, kinds uint8) {
-		strs := [4]string{d, v, id, id}
-		vals := make([]any, n%5)
-		for i := range vals {
-			switch (kinds >> (2 * i)) & 3 {
-			case 0:
-				vals[i] = strs[i]
-			case 1:
-				vals[i] = nil
-			case 2:
-				vals[i] = int64(len(strs[i]))
-			case 3:
-				vals[i] = []byte(strs[i])
-			}
-		}
-		rec, err := state.ParseRecord("k", vals)
+	f.Add("1 t 1-0\n\x81\xa1N\x01")
+	f.Add("7 0123abcd 99-7\n")
+	f.Add("7  \n")
+	f.Add("")
+	f.Add("\n")
+	f.Add("1 t")
+	f.Add("1 t 1-0")
+	f.Add("0 t 1-0\nd")
+	f.Add("-1 t 1-0\nd")
+	f.Add("+1 t 1-0\nd")
+	f.Add("9223372036854775808 t 1-0\nd")
+	f.Add("1.0 t 1-0\nd")
+	f.Add(" 1 t 1-0\nd")
+	f.Add("1 t 1 0\nd\n\n")
+	f.Fuzz(func(t *testing.T, v string) {
+		rec, err := state.ParseRecord("k", v)
 		if err != nil {
 			if !errors.Is(err, state.ErrCorrupt) {
 				t.Fatalf("error %v does not wrap ErrCorrupt", err)
 			}
 			return
 		}
-		if len(vals) != 3 && len(vals) != 4 {
-			t.Fatalf("accepted %d fields", len(vals))
+		if rec.Version < 1 || !state.ValidToken(rec.Token) {
+			t.Fatalf("accepted version %d, token %q", rec.Version, rec.Token)
 		}
-		if len(vals) == 4 {
-			tok, _ := vals[3].(string)
-			if rec.Version > 0 && rec.Token != tok {
-				t.Fatalf("token %v parsed as %q", vals[3], rec.Token)
-			}
-			vals = vals[:3]
+		again, err := state.ParseRecord("k", string(state.FormatRecord(rec.Version, rec.Token, rec.LastID, rec.Data)))
+		if err != nil {
+			t.Fatalf("formatted record does not parse: %v", err)
 		}
-		if vals[0] == nil && vals[1] == nil && vals[2] == nil {
-			if rec.Data != nil || rec.Version != 0 || rec.LastID != "" {
-				t.Fatalf("absent record parsed as %+v", rec)
-			}
-			return
+		if again.Version != rec.Version || again.Token != rec.Token || again.LastID != rec.LastID || string(again.Data) != string(rec.Data) {
+			t.Fatalf("round trip: %+v != %+v", again, rec)
 		}
-		ds, ok1 := vals[0].(string)
-		vs, ok2 := vals[1].(string)
-		if !ok1 || !ok2 {
-			t.Fatalf("accepted data %T, version %T", vals[0], vals[1])
-		}
-		want, err := strconv.ParseInt(vs, 10, 64)
-		if err != nil || rec.Version != want || rec.Version < 1 {
-			t.Fatalf("version %q parsed as %d", vs, rec.Version)
-		}
-		if string(rec.Data) != ds || rec.Data == nil {
-			t.Fatalf("data %q parsed as %q", ds, rec.Data)
-		}
-		if s, _ := vals[2].(string); rec.LastID != s {
-			t.Fatalf("id %v parsed as %q", vals[2], rec.LastID)
+		if p := state.RecordPrefix(rec.Version, rec.Token); !strings.HasPrefix(v, p) {
+			t.Fatalf("prefix %q is not the start of the record %q", p, v)
 		}
 	})
 }

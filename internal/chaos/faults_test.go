@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
-	"errors"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/redistest"
 	"github.com/streamtx/streamtx/lua"
+	"github.com/streamtx/streamtx/state"
 )
 
 // Fault kinds, as named in logs and in the summary line.
@@ -421,10 +421,11 @@ func (in *injector) lastCommitters(ctx context.Context) []laggard {
 		if r.handler == handlerKeyed {
 			key = sp.KeyedState(stateName, k)
 		}
-		v, err := in.rdb.HGet(ctx, key, "v").Int64()
-		if err != nil {
+		rec, err := state.Load(ctx, in.rdb, key)
+		if err != nil || rec.Version == 0 {
 			continue
 		}
+		v := rec.Version
 		for _, t := range in.cl.slots {
 			if t.name == by && t.role == r && len(t.procs) > 0 {
 				lags = append(lags, laggard{s: t, key: key, version: v})
@@ -451,10 +452,8 @@ func (in *injector) releaseLaggard(l laggard) {
 		}
 	}
 	for {
-		v, err := in.rdb.HGet(ctx, l.key, "v").Int64()
-		if errors.Is(err, redis.Nil) {
-			v, err = 0, nil
-		}
+		rec, err := state.Load(ctx, in.rdb, l.key)
+		v := rec.Version
 		if err == nil && v == l.version {
 			for _, p := range others {
 				in.cl.pause(p)
@@ -466,7 +465,7 @@ func (in *injector) releaseLaggard(l laggard) {
 			after := v
 			for time.Since(alone) < 3*time.Second {
 				time.Sleep(2 * time.Millisecond) // polling for the laggard's commit
-				if after, err = in.rdb.HGet(ctx, l.key, "v").Int64(); err == nil && after != v {
+				if rec, err = state.Load(ctx, in.rdb, l.key); err == nil && rec.Version != v {
 					break
 				}
 			}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/streamtx/streamtx/internal/streamid"
 	"github.com/streamtx/streamtx/lua"
+	"github.com/streamtx/streamtx/state"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -113,6 +114,9 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 	if c.Token == "" {
 		c.Token = NewToken()
 	}
+	if !state.ValidToken(c.Token) {
+		return nil, nil, fmt.Errorf("rdb: commit token %q has a space or line break", c.Token)
+	}
 	lo, hi := c.IDs[0], c.IDs[0]
 	for _, id := range c.IDs[1:] {
 		if IDLess(hi, id) {
@@ -144,15 +148,23 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 		i = j
 	}
 	ng := (len(ints) - 2*nc) / 3
-	for _, s := range c.States {
-		ints = append(ints, s.Version+1) // the script writes the version it is sent
+	// Each state record: the start of the record read, the index of its
+	// last byte, the record to write.
+	prefixes := make([]string, len(c.States))
+	ends := make([]int64, len(c.States))
+	for i, w := range c.States {
+		if !state.ValidToken(w.Token) {
+			return nil, nil, fmt.Errorf("rdb: state %q read with token %q", w.Key, w.Token)
+		}
+		prefixes[i] = state.RecordPrefix(w.Version, w.Token)
+		ends[i] = int64(len(prefixes[i]) - 1)
 	}
 	ints = append(ints, int64(len(c.IDs)), int64(len(c.States)), int64(nc), int64(ng))
 
 	// The command head (EVALSHA, hash, key count, keys) is left free for
 	// RunCommit, which then sends this one slice as it is.
 	head := 3 + len(keys)
-	cmd := make([]any, head, head+9+len(c.IDs)+2*nc+4*len(c.States)+3*ng+nf)
+	cmd := make([]any, head, head+9+len(c.IDs)+2*nc+3*len(c.States)+3*ng+nf)
 	hdr := ints[len(ints)-4:]
 	cmd = append(cmd, &c.Group, &c.Consumer, &hdr[0], &hdr[1], &hdr[2], &hdr[3], &hi, &lo, &c.Token)
 	for i := range c.IDs {
@@ -163,10 +175,9 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 		cmd = append(cmd, &ints[k])
 	}
 	g := k
-	v := k + 3*ng
 	for i := range c.States {
-		s := &c.States[i]
-		cmd = append(cmd, &ints[v+i], &s.Token, s.Data, &s.LastID)
+		w := &c.States[i]
+		cmd = append(cmd, &prefixes[i], &ends[i], state.FormatRecord(w.Version+1, c.Token, w.LastID, w.Data))
 	}
 	for i := 0; i < len(c.Publishes); g += 3 {
 		cmd = append(cmd, &ints[g], &ints[g+1], &ints[g+2])

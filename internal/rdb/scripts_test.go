@@ -193,7 +193,7 @@ func (e *env) refuse(c *rdb.Commit, code int, index ...int) {
 
 func (e *env) setState(key string, version int64, data, lastID string) {
 	e.t.Helper()
-	require.NoError(e.t, e.rdb.HSet(e.ctx, key, "d", data, "v", version, "id", lastID).Err())
+	require.NoError(e.t, e.rdb.Set(e.ctx, key, state.FormatRecord(version, "", lastID, []byte(data)), 0).Err())
 }
 
 func (e *env) xrange(stream string) []redis.XMessage {
@@ -233,13 +233,14 @@ func TestCommitOK(t *testing.T) {
 	assert.Equal(t, []string{out1, out2}, c.Targets)
 	assert.Equal(t, []int{0, 1, 0, 0, 1}, c.PubTarget)
 
-	// State records: exactly d, v, id, t; version + 1, the commit's token.
-	h, err := e.rdb.HGetAll(e.ctx, counter).Result()
+	// State records: the header (version + 1, the commit's token, the last
+	// entry), then the data.
+	rec0, err := e.rdb.Get(e.ctx, counter).Result()
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"d": "\x81\xa1N\x03", "v": "1", "id": ids[2], "t": "T1"}, h)
-	h, err = e.rdb.HGetAll(e.ctx, other).Result()
+	assert.Equal(t, "1 T1 "+ids[2]+"\n\x81\xa1N\x03", rec0)
+	rec0, err = e.rdb.Get(e.ctx, other).Result()
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"d": "\x00\xff\x01", "v": "4", "id": ids[1], "t": "T1"}, h)
+	assert.Equal(t, "4 T1 "+ids[1]+"\n\x00\xff\x01", rec0)
 	rec, err := state.Load(e.ctx, e.rdb, other)
 	require.NoError(t, err)
 	assert.Equal(t, txn.Record{Data: []byte{0, 0xff, 1}, Version: 4, LastID: ids[1], Token: "T1"}, rec)
@@ -629,15 +630,17 @@ func TestCommitWrongType(t *testing.T) {
 	})
 }
 
-// A state key of another type makes HGET fail in the check phase: the script
-// errors out before any write.
+// A state key of another type makes GETRANGE fail in the check phase: the
+// script errors out before any write. A string that is not a record is a
+// conflict (the consumer then reloads it and reports it corrupt).
 func TestCommitStateKeyWrongTypeWritesNothing(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	ids := e.add(1)
 	e.read("c1", 1)
-	bad := e.space.State("bad")
-	require.NoError(t, e.rdb.Set(e.ctx, bad, "x", 0).Err())
+	bad, str := e.space.State("bad"), e.space.State("str")
+	require.NoError(t, e.rdb.HSet(e.ctx, bad, "d", "x").Err())
+	require.NoError(t, e.rdb.Set(e.ctx, str, "x", 0).Err())
 	c := e.newCommit("c1", ids[0])
 	c.States = []txn.Write{
 		{Key: e.space.State("ok"), Data: []byte("x")},
@@ -649,6 +652,13 @@ func TestCommitStateKeyWrongTypeWritesNothing(t *testing.T) {
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "WRONGTYPE")
 	})
+
+	c.States[1].Key = str
+	e.refuse(c, rdb.CodeConflict, 1)
+	c.States[1].Version, c.States[1].Token = 1, "t"
+	e.refuse(c, rdb.CodeConflict, 1)
+	_, err := state.Load(e.ctx, e.rdb, str)
+	require.ErrorIs(t, err, state.ErrCorrupt)
 }
 
 // Every way a commit can fail must write nothing (DESIGN.md: "Redis never
@@ -668,7 +678,7 @@ func TestCommitStateKeyWrongTypeWritesNothing(t *testing.T) {
 //     values, so the consumer does not send one today). An odd-length
 //     Fields misaligns ARGV the same way.
 //   - publish target is also a state key of the commit (absent before):
-//     TYPE says 'none', then HSET makes it a hash and the XADD fails.
+//     TYPE says 'none', then SET makes it a string and the XADD fails.
 //   - publish target is the (absent) offsets key: the XADD makes it a
 //     stream, then HGET on it fails. txn.Tx.Publish and Consumer.checkTarget
 //     accept any target name, including the consumer's own derived keys.
@@ -1015,7 +1025,7 @@ func TestSnapshotSeesWrites(t *testing.T) {
 		write func()
 	}{
 		{"derived key", func() { e.setState(e.space.State("s"), 1, "x", "") }},
-		{"hash field", func() { require.NoError(t, e.rdb.HSet(e.ctx, e.space.State("s"), "v", 2).Err()) }},
+		{"record rewritten", func() { e.setState(e.space.State("s"), 2, "x", "") }},
 		{"prefixed key", func() { require.NoError(t, e.rdb.Set(e.ctx, e.prefix+"k", "x", 0).Err()) }},
 		{"delivery", func() { e.claimTo("c1", ids[0]) }},
 		{"ack", func() { require.NoError(t, e.rdb.XAck(e.ctx, e.stream, group, ids[0]).Err()) }},
