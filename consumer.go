@@ -245,6 +245,8 @@ type Consumer struct {
 	nextClaim  time.Time
 	nextTrim   time.Time
 	inflight   *commitJob // the commit sent but not yet settled
+	ahead      *readAhead // the read sent before the batch in hand was handled
+	stopping   bool       // Run is returning: no more read-aheads
 	contended  int        // batches left that refresh cached state first (after a conflict)
 }
 
@@ -418,8 +420,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	c.readyOnce.Do(func() { close(c.ready) })
 	c.recoverOwn, c.ownCursor = true, "0"
+	c.stopping = false
 	c.states.Reset()
 	defer c.settleAndRerun(ctx, hctx)
+	defer c.drainAhead(ctx, hctx)
 	fails := 0
 	for ctx.Err() == nil {
 		if err := c.step(ctx, hctx); err != nil {
@@ -479,6 +483,21 @@ func (c *Consumer) ensureGroup(ctx context.Context) error {
 // step does one unit of work: recover own entries, retry due ones, claim
 // idle ones, or read new ones; then handles and commits what it got.
 func (c *Consumer) step(ctx, hctx context.Context) error {
+	if c.ahead != nil {
+		// The next batch was read while the last one was handled: handle it
+		// before anything else (a claim of our own entries would re-deliver
+		// it).
+		msgs, err := c.takeAhead(ctx)
+		if err != nil {
+			return err
+		}
+		if len(msgs) > 0 {
+			c.process(ctx, hctx, msgs)
+		} else {
+			c.settleAndRerun(ctx, hctx)
+		}
+		return nil
+	}
 	now := time.Now()
 	var msgs []*Message
 	var err error
@@ -559,6 +578,29 @@ func (c *Consumer) read(ctx context.Context, now time.Time) ([]*Message, error) 
 // readOnce reads up to count new entries, waiting at most block (no wait
 // when block < 0).
 func (c *Consumer) readOnce(ctx context.Context, count int, block time.Duration) ([]*Message, error) {
+	msgs, err := c.fetch(ctx, count, block)
+	if err != nil {
+		return nil, c.readFailed(ctx, err)
+	}
+	return msgs, nil
+}
+
+// readFailed deals with a failed read and returns the error to report.
+func (c *Consumer) readFailed(ctx context.Context, err error) error {
+	if strings.HasPrefix(err.Error(), "NOGROUP") {
+		c.log.Warn("streamtx: group or stream vanished; creating it again")
+		return c.ensureGroup(ctx)
+	}
+	// Redis may have delivered entries whose reply was lost: they are
+	// pending for this consumer, so look there before reading on.
+	c.recoverOwn, c.ownCursor = true, "0"
+	return fmt.Errorf("streamtx: read %q: %w", c.cfg.Stream, err)
+}
+
+// fetch reads up to count new entries with XREADGROUP. It touches nothing
+// of the consumer but its configuration and client, so a read-ahead can run
+// it beside the handlers.
+func (c *Consumer) fetch(ctx context.Context, count int, block time.Duration) ([]*Message, error) {
 	// The read is not cancelled with ctx: a reply cut off mid-way would leave
 	// entries delivered but unseen. Block bounds the wait instead.
 	res, err := c.rdb.XReadGroup(context.WithoutCancel(ctx), &redis.XReadGroupArgs{
@@ -572,14 +614,7 @@ func (c *Consumer) readOnce(ctx context.Context, count int, block time.Duration)
 		return nil, nil
 	}
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "NOGROUP") {
-			c.log.Warn("streamtx: group or stream vanished; creating it again")
-			return nil, c.ensureGroup(ctx)
-		}
-		// Redis may have delivered entries whose reply was lost: they are
-		// pending for this consumer, so look there before reading on.
-		c.recoverOwn, c.ownCursor = true, "0"
-		return nil, fmt.Errorf("streamtx: read %q: %w", c.cfg.Stream, err)
+		return nil, err
 	}
 	n := 0
 	for _, s := range res {
@@ -736,6 +771,12 @@ type item struct {
 // first: if it was refused, the state this batch was handled on is gone, and
 // both are handled again (synchronously).
 func (c *Consumer) process(ctx, hctx context.Context, msgs []*Message) {
+	// With a backlog, read the next batch now: Redis serves it (and the
+	// commit in flight) while the handlers run, instead of after.
+	backlog := len(msgs) == c.cfg.BatchSize && c.cfg.BatchSize > 1
+	if backlog && c.ahead == nil && ctx.Err() == nil && !c.stopping {
+		c.startReadAhead(ctx)
+	}
 	items := c.handle(hctx, msgs)
 	if rerun, ok := c.settle(ctx); !ok {
 		c.processSync(ctx, hctx, append(rerun, messagesOf(items)...))
@@ -746,11 +787,54 @@ func (c *Consumer) process(ctx, hctx context.Context, msgs []*Message) {
 	}
 	// Overlap the commit with the next read only when there is a backlog:
 	// otherwise it would only delay the outcome by a read.
-	overlap := len(msgs) == c.cfg.BatchSize && c.cfg.BatchSize > 1
-	c.inflight = c.startCommit(ctx, items, overlap)
-	if !overlap {
+	c.inflight = c.startCommit(ctx, items, backlog)
+	if !backlog {
 		c.settleAndRerun(ctx, hctx)
 	}
+}
+
+// drainAhead handles what a read-ahead delivered, when Run stops with one
+// in flight: those entries are pending for this consumer already.
+func (c *Consumer) drainAhead(ctx, hctx context.Context) {
+	c.stopping = true
+	if c.ahead == nil {
+		return
+	}
+	msgs, err := c.takeAhead(ctx)
+	if err != nil {
+		c.log.Warn("streamtx: read-ahead failed while stopping", "err", err)
+		return
+	}
+	if len(msgs) > 0 {
+		c.process(ctx, hctx, msgs)
+	}
+}
+
+// readAhead is a read sent before the batch in hand is handled.
+type readAhead struct {
+	done chan struct{}
+	msgs []*Message
+	err  error
+}
+
+func (c *Consumer) startReadAhead(ctx context.Context) {
+	ra := &readAhead{done: make(chan struct{})}
+	c.ahead = ra
+	go func() {
+		defer close(ra.done)
+		ra.msgs, ra.err = c.fetch(ctx, c.cfg.BatchSize, -1)
+	}()
+}
+
+// takeAhead waits for the read-ahead and returns what it read.
+func (c *Consumer) takeAhead(ctx context.Context) ([]*Message, error) {
+	ra := c.ahead
+	c.ahead = nil
+	<-ra.done
+	if ra.err != nil {
+		return nil, c.readFailed(ctx, ra.err)
+	}
+	return ra.msgs, nil
 }
 
 // settleAndRerun settles the commit in flight and handles again what it
