@@ -455,3 +455,35 @@ func TestUnencodableStateFailsOnlyItsEntry(t *testing.T) {
 	// One pass encoding at the end, one encoding after every entry.
 	require.Equal(t, int64(20), calls.Load())
 }
+
+// With a backlog, the next batch is read while the handlers run. A consumer
+// stopped then handles that batch too before Run returns: its entries are
+// delivered to it already, and would otherwise wait for ClaimIdle.
+func TestShutdownHandlesTheBatchReadAhead(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	src, out := e.key("in"), e.key("out")
+	ids := e.add(src, 100, func(i int) map[string]any { return map[string]any{"i": i} })
+	ctx, cancel := context.WithCancel(context.Background())
+	inner := countAndPublish("n", out)
+	h := streamtx.HandlerFunc(func(hctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
+		if msg.Values["i"] == "30" {
+			cancel() // while batch 21..30 is handled and 31..40 is read ahead
+		}
+		return inner.Handle(hctx, msg, tx)
+	})
+	cfg := e.cfg(src, "g", "c")
+	cfg.BatchSize = 10
+	c, err := streamtx.NewConsumer(e.rdb, cfg, h)
+	require.NoError(t, err)
+	require.NoError(t, c.Run(ctx))
+
+	require.Zero(t, e.pending(src, "g"), "the batch read ahead was handled, not left pending")
+	require.Len(t, e.entries(out), 40)
+
+	c2, err := streamtx.NewConsumer(e.rdb, e.cfg(src, "g", "c2"), countAndPublish("n", out))
+	require.NoError(t, err)
+	run(t, c2)
+	e.drained(src, "g")
+	e.requireExactlyOnce(out, ids)
+}
