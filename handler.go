@@ -30,7 +30,8 @@ type Message struct {
 // a Permanent error.
 //
 // A handler may run more than once for one entry (a retry, a version conflict
-// with another consumer, a commit whose reply was lost): its effects through
+// with another consumer, a commit whose reply was lost, another entry of the
+// batch failing after it changed state this entry touched): its effects through
 // tx still apply once, but side effects outside Redis run at least once. Use
 // tx.IdempotencyKey() to make them idempotent.
 type Handler interface {
