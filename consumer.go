@@ -483,26 +483,15 @@ func (c *Consumer) ensureGroup(ctx context.Context) error {
 // step does one unit of work: recover own entries, retry due ones, claim
 // idle ones, or read new ones; then handles and commits what it got.
 func (c *Consumer) step(ctx, hctx context.Context) error {
-	if c.ahead != nil {
-		// The next batch was read while the last one was handled: handle it
-		// before anything else (a claim of our own entries would re-deliver
-		// it).
-		msgs, err := c.takeAhead(ctx)
-		if err != nil {
-			return err
-		}
-		if len(msgs) > 0 {
-			c.process(ctx, hctx, msgs)
-		} else {
-			c.settleAndRerun(ctx, hctx)
-		}
-		return nil
-	}
 	now := time.Now()
 	var msgs []*Message
 	var err error
-	due := c.dueRetries(now)
-	claiming := c.recoverOwn || due != nil || !now.Before(c.nextClaim)
+	var due []string
+	claiming := false
+	if c.ahead == nil {
+		due = c.dueRetries(now)
+		claiming = c.recoverOwn || due != nil || !now.Before(c.nextClaim)
+	}
 	if claiming && c.inflight != nil {
 		// A claim bumps delivery counts: settle the commit in flight first,
 		// or the claim could fence it.
@@ -510,6 +499,11 @@ func (c *Consumer) step(ctx, hctx context.Context) error {
 		return nil
 	}
 	switch {
+	case c.ahead != nil:
+		// The next batch was read while the last one was handled: handle it
+		// before anything else (a claim of our own entries would re-deliver
+		// it).
+		msgs, err = c.takeAhead(ctx)
 	case c.recoverOwn:
 		msgs, err = c.claimOwn(ctx)
 	case due != nil:
