@@ -859,6 +859,31 @@ func (c *Consumer) processSync(ctx, hctx context.Context, msgs []*Message) {
 	}
 }
 
+// unique drops repeated entries from msgs. Two copies of an entry reach one
+// batch when a commit's entries are re-run together with the next batch and
+// Redis delivered some of them again meanwhile (a failover to a replica that
+// had not seen the first delivery). Both copies would pass the commit's
+// ownership check, so both would apply. The copy delivered last (the highest
+// delivery count, the one Redis holds now) is kept, at the first one's place.
+func unique(msgs []*Message) []*Message {
+	if len(msgs) < 2 {
+		return msgs
+	}
+	at := make(map[string]int, len(msgs))
+	out := make([]*Message, 0, len(msgs))
+	for _, m := range msgs {
+		if i, ok := at[m.ID]; ok {
+			if m.Deliveries > out[i].Deliveries {
+				out[i] = m
+			}
+			continue
+		}
+		at[m.ID] = len(out)
+		out = append(out, m)
+	}
+	return out
+}
+
 func messagesOf(items []item) []*Message {
 	msgs := make([]*Message, len(items))
 	for i, it := range items {
@@ -871,6 +896,7 @@ func messagesOf(items []item) []*Message {
 // failed transaction is rolled back and its entry scheduled for retry or
 // dead-lettered; the successful ones are returned, in the order of msgs.
 func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
+	msgs = unique(msgs)
 	txs := make([]*txn.Tx, len(msgs))
 	errs := make([]error, len(msgs))
 	if p, ok := c.h.(interface{ stateRef(*Message) txn.Ref }); ok {
