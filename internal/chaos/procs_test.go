@@ -194,6 +194,13 @@ func (c *cluster) resumeAll() {
 func (c *cluster) terminateAll(timeout time.Duration) (hung []*proc) {
 	ps := c.live()
 	for _, p := range ps {
+		// A worker restarted just before the end may not have installed its
+		// SIGTERM handler yet: the signal would kill it outright. Wait for it
+		// to be ready (or gone) first.
+		p.cmd.Process.Signal(syscall.SIGCONT)
+		_ = c.waitReady(p, 20*time.Second)
+	}
+	for _, p := range ps {
 		p.terminated.Store(true)
 		p.cmd.Process.Signal(syscall.SIGCONT)
 		p.cmd.Process.Signal(syscall.SIGTERM)
