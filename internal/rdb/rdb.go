@@ -72,9 +72,8 @@ type Commit struct {
 	Targets   []string
 	PubTarget []int
 
-	cmd   []any // the whole command Build made: head, then ARGV
-	keys  []string
-	nkeys int
+	cmd  []any // the whole command Build made: head, then ARGV
+	keys []string
 }
 
 // Build returns the KEYS and ARGV of the commit. It refuses a commit the
@@ -96,11 +95,28 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 		nf += len(p.Fields)
 	}
 	c.Targets, c.PubTarget = c.Targets[:0], c.PubTarget[:0]
+	var index map[string]int // only once there are many targets
 	for _, p := range c.Publishes {
-		t := slices.Index(c.Targets, p.Stream)
+		var t int
+		if index != nil {
+			var ok bool
+			if t, ok = index[p.Stream]; !ok {
+				t = -1
+			}
+		} else {
+			t = slices.Index(c.Targets, p.Stream)
+		}
 		if t < 0 {
 			t = len(c.Targets)
 			c.Targets = append(c.Targets, p.Stream)
+			if index != nil {
+				index[p.Stream] = t
+			} else if len(c.Targets) > 8 {
+				index = make(map[string]int, 2*len(c.Targets))
+				for i, s := range c.Targets {
+					index[s] = i
+				}
+			}
 		}
 		c.PubTarget = append(c.PubTarget, t)
 	}
@@ -189,8 +205,7 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 			i++
 		}
 	}
-	c.cmd, c.nkeys = cmd, len(keys)
-	c.keys = keys
+	c.cmd, c.keys = cmd, keys
 	return keys, cmd[head:], nil
 }
 
@@ -206,7 +221,7 @@ func RunCommit(ctx context.Context, client Doer, s *Scripts, c *Commit) (any, er
 		return nil, errors.New("rdb: RunCommit of a commit that was not built")
 	}
 	cmd := c.cmd
-	cmd[0], cmd[1], cmd[2] = "evalsha", s.Commit.Hash(), c.nkeys
+	cmd[0], cmd[1], cmd[2] = "evalsha", s.Commit.Hash(), len(c.keys)
 	for i, k := range c.keys {
 		cmd[3+i] = k
 	}

@@ -356,6 +356,38 @@ func TestRunCommitLoadsScript(t *testing.T) {
 	assert.EqualValues(t, 1, n)
 }
 
+// Many distinct targets (past the point where Build indexes them in a map),
+// each published to more than once, not in runs.
+func TestCommitManyTargets(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ids := e.add(1)
+	e.read("c1", 1)
+	c := e.newCommit("c1", ids[0])
+	var want []string
+	for round := range 2 {
+		for i := range 12 {
+			out := e.prefix + "out" + strconv.Itoa(i)
+			if round == 0 {
+				want = append(want, out)
+			}
+			c.Publishes = append(c.Publishes, txn.Publish{Stream: out, Fields: []string{"round", strconv.Itoa(round)}})
+		}
+	}
+	r, err := e.commit(c)
+	require.NoError(t, err)
+	require.Equal(t, rdb.Result{Code: rdb.CodeOK}, r)
+	assert.Equal(t, want, c.Targets)
+	for i, out := range want {
+		assert.Equal(t, i, c.PubTarget[i])
+		assert.Equal(t, i, c.PubTarget[12+i])
+		ms := e.xrange(out)
+		require.Len(t, ms, 2, out)
+		assert.Equal(t, "0", ms[0].Values["round"])
+		assert.Equal(t, "1", ms[1].Values["round"])
+	}
+}
+
 func TestCommitOnlyPublishesOrOnlyState(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
