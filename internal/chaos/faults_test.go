@@ -127,6 +127,12 @@ func (in *injector) run(window time.Duration) {
 		}
 	}
 	in.rnd.Shuffle(len(mandatory), func(i, j int) { mandatory[i], mandatory[j] = mandatory[j], mandatory[i] })
+	// A drop counts only once a commit reply is lost, so it needs commits
+	// after it: schedule it first. (Later faults can be delayed past the
+	// window by slow ones before them, and land when the work is done.)
+	if i := slices.Index(mandatory, faultDrop); i > 0 {
+		mandatory = append(append([]string{faultDrop}, mandatory[:i]...), mandatory[i+1:]...)
+	}
 	due := make([]time.Time, len(mandatory))
 	for i := range due {
 		due[i] = in.start.Add(time.Duration(float64(window) * (0.05 + 0.75*in.rnd.Float64())))
