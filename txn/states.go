@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 )
 
@@ -153,6 +154,9 @@ func (s *Slot) agreed() {
 func (st *States) EncodeBatch() error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if !slices.ContainsFunc(st.dirty, func(s *Slot) bool { return s.fresh }) {
+		return nil
+	}
 	blobs := make([][]byte, len(st.dirty))
 	for i, s := range st.dirty {
 		if !s.fresh {
