@@ -322,10 +322,44 @@ func TestInspectWatchStopsOnCancel(t *testing.T) {
 	s := f.p + "s"
 	f.addIDs(s, "1-0")
 	ctx, cancel := context.WithCancel(f.ctx)
-	f.ctx = ctx
-	time.AfterFunc(50*time.Millisecond, cancel)
-	out := f.ok("inspect", s, "--watch", "5ms")
-	assert.Contains(t, out, "stream         "+s)
+	defer cancel()
+	// Cancel once the second report is out: it repeats, then stops.
+	out := &cancelAfter{marker: "stream         " + s, n: 2, cancel: cancel}
+	var errb bytes.Buffer
+	code := run(ctx, []string{"inspect", s, "--watch", "5ms"}, out, &errb, func(k string) string {
+		if k == "REDIS_URL" {
+			return f.url
+		}
+		return ""
+	})
+	require.Equal(t, 0, code, errb.String())
+	assert.GreaterOrEqual(t, strings.Count(out.String(), "stream         "+s), 2)
+}
+
+// cancelAfter is an output that calls cancel once marker has been written n
+// times.
+type cancelAfter struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	marker string
+	n      int
+	cancel context.CancelFunc
+}
+
+func (w *cancelAfter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, err := w.buf.Write(b)
+	if strings.Count(w.buf.String(), w.marker) >= w.n {
+		w.cancel()
+	}
+	return n, err
+}
+
+func (w *cancelAfter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
 }
 
 func TestPendingCommand(t *testing.T) {
