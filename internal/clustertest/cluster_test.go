@@ -179,70 +179,100 @@ func TestClusterFailoverMidRun(t *testing.T) {
 		backlog = 200
 	)
 	c := redistest.StartCluster(t, 3, 1)
-	rdb := c.Client(t)
-	rec := newRecorder(t)
-
-	src, out := "{orders-f}", "{orders-f}:out"
-	require.Equal(t, keys.Slot(src), keys.Slot(out))
-	stops := startConsumers(t, rdb, src, countTo(out), rec)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	prod := &producer{rdb: rdb, stream: src}
-	prodDone := make(chan error, 1)
-	failedOver := make(chan struct{})
-	go func() {
-		prodDone <- prod.run(ctx, n, chunk, func(ctx context.Context, added int) error {
-			if added >= n/2 {
-				select {
-				case <-failedOver:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
-			select {
-			case <-rec.whenCommitted(src, added-backlog):
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		})
-	}()
-
-	select {
-	case <-rec.whenCommitted(src, n/10):
-	case err := <-prodDone:
-		t.Fatalf("producer stopped early: %v", err)
-	case <-time.After(waitTimeout):
-		t.Fatalf("fewer than %d entries committed after %v; events: %s", n/10, waitTimeout, rec.summary())
-	}
+	r := startMidRun(t, c, "{orders-f}", n, chunk, backlog)
+	src, rec := r.src, r.rec
 	before := c.MasterFor(src)
 	atStart := rec.committed(src)
 	start := time.Now()
 	c.Failover(t, src)
 	after := c.MasterFor(src)
 	atEnd := rec.committed(src)
-	close(failedOver)
+	r.resume()
 	t.Logf("failover of %s: %s -> %s in %v; %d entries committed before, %d after",
 		src, before, after, time.Since(start).Round(time.Millisecond), atStart, atEnd)
 	require.NotEqual(t, before, after)
 	require.Less(t, atStart, n/2, "the failover started mid-run")
+	r.finish()
+}
 
+// midRun is an exactly-once counter run through a cluster with a
+// disruption in its middle. A producer keeps a backlog of entries ahead of
+// four consumers (it adds the next chunk when enough of the last ones have
+// committed), so that they are busy when the disruption starts; it adds the
+// second half of the entries only after resume, so that they are consumed
+// after it.
+type midRun struct {
+	t        *testing.T
+	rdb      *redis.ClusterClient
+	rec      *recorder
+	src, out string
+	prod     *producer
+	prodDone chan error
+	resumed  chan struct{}
+	stops    []func()
+}
+
+// startMidRun starts the consumers and the producer on src (and src+":out")
+// and returns once a tenth of the n entries are committed.
+func startMidRun(t *testing.T, c *redistest.Cluster, src string, n, chunk, backlog int) *midRun {
+	t.Helper()
+	r := &midRun{t: t, rdb: c.Client(t), rec: newRecorder(t), src: src, out: src + ":out",
+		prodDone: make(chan error, 1), resumed: make(chan struct{})}
+	require.Equal(t, keys.Slot(r.src), keys.Slot(r.out))
+	r.stops = startConsumers(t, r.rdb, r.src, countTo(r.out), r.rec)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	r.prod = &producer{rdb: r.rdb, stream: src}
+	go func() {
+		r.prodDone <- r.prod.run(ctx, n, chunk, func(ctx context.Context, added int) error {
+			if added >= n/2 {
+				select {
+				case <-r.resumed:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			select {
+			case <-r.rec.whenCommitted(src, added-backlog):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
 	select {
-	case err := <-prodDone:
+	case <-r.rec.whenCommitted(src, n/10):
+	case err := <-r.prodDone:
+		t.Fatalf("producer stopped early: %v", err)
+	case <-time.After(waitTimeout):
+		t.Fatalf("fewer than %d entries committed after %v; events: %s", n/10, waitTimeout, r.rec.summary())
+	}
+	return r
+}
+
+// resume lets the producer add the second half.
+func (r *midRun) resume() { close(r.resumed) }
+
+// finish waits for the producer and the drain, stops the consumers and
+// checks every exactly-once invariant.
+func (r *midRun) finish() {
+	t := r.t
+	t.Helper()
+	select {
+	case err := <-r.prodDone:
 		require.NoError(t, err, "producer")
 	case <-time.After(waitTimeout):
-		t.Fatalf("producer not done after %v; events: %s", waitTimeout, rec.summary())
+		t.Fatalf("producer not done after %v; events: %s", waitTimeout, r.rec.summary())
 	}
-	waitDrained(t, rdb, src)
-	for _, stop := range stops {
+	waitDrained(t, r.rdb, r.src)
+	for _, stop := range r.stops {
 		stop()
 	}
-	checkExactlyOnce(t, rdb, src, out, prod.ids)
-	rec.checkNoCrossSlot(t)
-	checkNoCrossSlotAtServers(t, rdb)
-	t.Logf("events: %s", rec.summary())
-	logErrorStats(t, rdb)
+	checkExactlyOnce(t, r.rdb, r.src, r.out, r.prod.ids)
+	r.rec.checkNoCrossSlot(t)
+	checkNoCrossSlotAtServers(t, r.rdb)
+	t.Logf("events: %s", r.rec.summary())
+	logErrorStats(t, r.rdb)
 }
 
 // producer adds entries 1..n to a stream with explicit IDs 1-i, so that an

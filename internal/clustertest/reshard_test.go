@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/redistest"
 )
 
@@ -46,43 +45,8 @@ func TestClusterReshardMidRun(t *testing.T) {
 	)
 	rng, _ := newRand(t)
 	c := redistest.StartCluster(t, 3, 0)
-	rdb := c.Client(t)
-	rec := newRecorder(t)
-
-	src, out := "{rh-src}", "{rh-src}:out"
-	require.Equal(t, keys.Slot(src), keys.Slot(out))
-	stops := startConsumers(t, rdb, src, countTo(out), rec)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	prod := &producer{rdb: rdb, stream: src}
-	prodDone := make(chan error, 1)
-	migrated := make(chan struct{})
-	go func() {
-		prodDone <- prod.run(ctx, n, chunk, func(ctx context.Context, added int) error {
-			if added >= n/2 {
-				select {
-				case <-migrated:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
-			select {
-			case <-rec.whenCommitted(src, added-backlog):
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		})
-	}()
-
-	select {
-	case <-rec.whenCommitted(src, n/10):
-	case err := <-prodDone:
-		t.Fatalf("producer stopped early: %v", err)
-	case <-time.After(waitTimeout):
-		t.Fatalf("fewer than %d entries committed after %v; events: %s", n/10, waitTimeout, rec.summary())
-	}
+	r := startMidRun(t, c, "{rh-src}", n, chunk, backlog)
+	src, rec, rdb := r.src, r.rec, r.rdb
 	from := c.MasterFor(src)
 	masters := c.Addrs()[:3] // no replicas: every node is a master
 	to := masters[(slices.Index(masters, from)+1)%len(masters)]
@@ -90,28 +54,13 @@ func TestClusterReshardMidRun(t *testing.T) {
 	start := time.Now()
 	moved := migrateSlot(t, c, src, to, rng)
 	atEnd := rec.committed(src)
-	close(migrated)
+	r.resume()
 	require.Equal(t, to, c.MasterFor(src), "the slot moved")
 	t.Logf("slot %d of %s moved %s -> %s in %v, keys %v; %d entries committed before, %d after",
 		c.Slot(src), src, from, to, time.Since(start).Round(time.Millisecond), moved, atStart, atEnd)
 	require.Less(t, atStart, n/2, "the migration started mid-run")
 	require.Contains(t, moved, src)
-
-	select {
-	case err := <-prodDone:
-		require.NoError(t, err, "producer")
-	case <-time.After(waitTimeout):
-		t.Fatalf("producer not done after %v; events: %s", waitTimeout, rec.summary())
-	}
-	waitDrained(t, rdb, src)
-	for _, stop := range stops {
-		stop()
-	}
-	checkExactlyOnce(t, rdb, src, out, prod.ids)
-	rec.checkNoCrossSlot(t)
-	checkNoCrossSlotAtServers(t, rdb)
-	t.Logf("events: %s", rec.summary())
-	logErrorStats(t, rdb)
+	r.finish()
 	// The migration was met half done: some command was redirected with
 	// ASK or refused with TRYAGAIN.
 	redirected := errorStat(t, rdb, "ASK") + errorStat(t, rdb, "TRYAGAIN")
