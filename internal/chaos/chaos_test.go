@@ -214,7 +214,7 @@ func TestChaos(t *testing.T) {
 		dups += v.duplicates + v.phantoms
 		losses += v.losses
 		dead += v.deadLetters
-		violations += len(v.violations)
+		violations += v.nviolations
 		for _, msg := range v.violations {
 			t.Errorf("chaos: VIOLATION group %s: %s", v.group, msg)
 		}

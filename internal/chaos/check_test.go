@@ -5,6 +5,7 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,12 +24,14 @@ type verdict struct {
 	losses      int // source entries with no output entry and no dead letter
 	phantoms    int // output entries whose source is not a source entry
 	deadLetters int
-	accounted   int // source entries published or dead-lettered
-	violations  []string
+	accounted   int      // source entries published or dead-lettered
+	violations  []string // the first ones
+	nviolations int      // all of them
 }
 
 func (v *verdict) violate(format string, args ...any) {
 	const maxShown = 20
+	v.nviolations++
 	if len(v.violations) == maxShown {
 		v.violations = append(v.violations, "… (more violations not shown)")
 	}
@@ -88,7 +91,16 @@ func readPublished(ctx context.Context, rdb redis.Cmdable, stream string) ([]pub
 
 // checkGroup checks the invariants of one group's output stream, its dead
 // letters and its state. keyed selects the per-key counter of handlerKeyed.
+// Every dead letter is a violation.
 func checkGroup(ctx context.Context, rdb *redis.Client, src *source, group, out string, keyed bool) *verdict {
+	return checkGroupDead(ctx, rdb, src, group, out, keyed, nil)
+}
+
+// checkGroupDead is checkGroup for a run whose handler kills its process on
+// the entries in guilty: each of them must be dead-lettered (once), and the
+// state counts the others only. A dead letter of any other entry is a
+// violation.
+func checkGroupDead(ctx context.Context, rdb *redis.Client, src *source, group, out string, keyed bool, guilty map[string]bool) *verdict {
 	v := &verdict{group: group}
 	pubs, err := readPublished(ctx, rdb, out)
 	if err != nil {
@@ -112,7 +124,14 @@ func checkGroup(ctx context.Context, rdb *redis.Client, src *source, group, out 
 	for _, m := range dlq {
 		id, _ := m.Values["stx.id"].(string)
 		dead[id]++
-		v.violate("dead letter %s for source %s: %v", m.ID, id, m.Values["stx.error"])
+		if !guilty[id] {
+			v.violate("dead letter %s for source %s: %v", m.ID, id, m.Values["stx.error"])
+		}
+	}
+	for id := range guilty {
+		if dead[id] == 0 {
+			v.violate("guilty entry %s (its handler kills the process) was not dead-lettered", id)
+		}
 	}
 	v.deadLetters = len(dlq)
 
@@ -145,13 +164,16 @@ func checkGroup(ctx context.Context, rdb *redis.Client, src *source, group, out 
 	// final state equals the count, last applied by the entry that
 	// published the last value.
 	seqs := map[string][]published{"": pubs}
-	want := map[string]int{"": len(src.ids)}
+	want := map[string]int{"": len(src.ids) - len(guilty)}
 	if keyed {
 		seqs = make(map[string][]published)
 		for _, p := range pubs {
 			seqs[p.k] = append(seqs[p.k], p)
 		}
-		want = src.count
+		want = maps.Clone(src.count)
+		for id := range guilty {
+			want[src.key[id]]--
+		}
 		for k := range seqs {
 			if _, ok := want[k]; !ok {
 				v.violate("output key %q is no source key", k)

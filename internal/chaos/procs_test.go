@@ -5,6 +5,7 @@ package chaos
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -32,7 +33,9 @@ type slot struct {
 	role    *role
 	batch   int
 	retries int
-	procs   []*proc // live processes under this name, oldest first
+	env     []string // extra environment of its processes (handler options)
+	exits   int      // the code its processes may exit with on their own (0: none)
+	procs   []*proc  // live processes under this name, oldest first
 }
 
 // proc is one worker process: one incarnation of a slot.
@@ -42,8 +45,10 @@ type proc struct {
 	logPath string
 	cmd     *exec.Cmd
 	ready   chan struct{} // closed when the worker printed readyLine
+	held    chan struct{} // closed when the worker printed holdLine
 	done    chan struct{} // closed once the process exited and was reaped
 	exitErr error         // valid after done
+	exits   int           // the slot's exits when started
 
 	killed     atomic.Bool // the harness sent SIGKILL: any exit is expected
 	terminated atomic.Bool // the harness sent SIGTERM: exit 0 is expected
@@ -88,7 +93,9 @@ func (c *cluster) start(s *slot) *proc {
 		id:      id,
 		logPath: filepath.Join(c.dir, id+".log"),
 		ready:   make(chan struct{}),
+		held:    make(chan struct{}),
 		done:    make(chan struct{}),
+		exits:   s.exits,
 	}
 	f, err := os.Create(p.logPath)
 	if err != nil {
@@ -106,7 +113,8 @@ func (c *cluster) start(s *slot) *proc {
 		fmt.Sprintf("%s=%d", envBatch, s.batch),
 		fmt.Sprintf("%s=%d", envRetries, s.retries),
 	)
-	w := &readyWriter{f: f, ready: p.ready}
+	cmd.Env = append(cmd.Env, s.env...)
+	w := &readyWriter{f: f, marks: []mark{{line: readyLine, ch: p.ready}, {line: holdLine, ch: p.held}}}
 	cmd.Stdout, cmd.Stderr = w, w
 	// The kernel kills a worker whose test binary died without cleanups.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -138,6 +146,28 @@ func (c *cluster) waitReady(p *proc, timeout time.Duration) error {
 	case <-t.C:
 		return fmt.Errorf("worker %s (pid %d) not ready after %v", p.id, p.pid, timeout)
 	}
+}
+
+// waitHeld waits until p's handler holds the entry it was told to block on
+// (envHoldAt), p exits, or timeout.
+func (c *cluster) waitHeld(p *proc, timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.held:
+		return nil
+	case <-p.done:
+		return fmt.Errorf("worker %s (pid %d) exited before its handler held an entry: %v", p.id, p.pid, p.exitErr)
+	case <-t.C:
+		return fmt.Errorf("worker %s (pid %d): its handler held no entry after %v", p.id, p.pid, timeout)
+	}
+}
+
+// exitedAsTold reports whether p exited on its own with the code its slot
+// allows (a handler that kills its process).
+func (p *proc) exitedAsTold() bool {
+	var ee *exec.ExitError
+	return p.exits != 0 && p.exited() && errors.As(p.exitErr, &ee) && ee.ExitCode() == p.exits
 }
 
 // kill SIGKILLs p, waits for it to be reaped and removes it from s.
@@ -280,7 +310,7 @@ func (c *cluster) killAll() {
 func (c *cluster) problems() []string {
 	var out []string
 	for _, p := range c.all {
-		if !p.exited() || p.killed.Load() {
+		if !p.exited() || p.killed.Load() || p.exitedAsTold() {
 			continue
 		}
 		switch {
@@ -347,29 +377,42 @@ func (c *cluster) events() map[string]int {
 	return n
 }
 
-// readyWriter copies a worker's output to its log file and closes ready
-// when the readyLine goes by. exec calls Write from one goroutine at a time
-// because stdout and stderr share it.
+// readyWriter copies a worker's output to its log file and closes the
+// channel of each mark when its line goes by. exec calls Write from one
+// goroutine at a time because stdout and stderr share it.
 type readyWriter struct {
-	f       *os.File
-	ready   chan struct{}
-	isReady bool
-	line    []byte // the unfinished last line, until ready
+	f     *os.File
+	marks []mark
+	line  []byte // the unfinished last line, while a mark is unseen
+}
+
+// mark is a line the harness waits for.
+type mark struct {
+	line string
+	ch   chan struct{}
 }
 
 func (w *readyWriter) Write(b []byte) (int, error) {
 	// A failed log write must not stop the copy: the worker would block on
 	// a full pipe.
 	w.f.Write(b)
-	if !w.isReady {
-		w.line = append(w.line, b...)
-		if bytes.Contains(w.line, []byte(readyLine)) {
-			w.isReady = true
-			w.line = nil
-			close(w.ready)
-		} else if i := bytes.LastIndexByte(w.line, '\n'); i >= 0 {
-			w.line = append(w.line[:0], w.line[i+1:]...)
+	if len(w.marks) == 0 {
+		return len(b), nil
+	}
+	w.line = append(w.line, b...)
+	unseen := w.marks[:0]
+	for _, m := range w.marks {
+		if bytes.Contains(w.line, []byte(m.line)) {
+			close(m.ch)
+			continue
 		}
+		unseen = append(unseen, m)
+	}
+	w.marks = unseen
+	if len(w.marks) == 0 {
+		w.line = nil
+	} else if i := bytes.LastIndexByte(w.line, '\n'); i >= 0 {
+		w.line = append(w.line[:0], w.line[i+1:]...)
 	}
 	return len(b), nil
 }

@@ -42,6 +42,11 @@ const (
 	envClaimInterval = "STREAMTX_CHAOS_CLAIM_INTERVAL"
 	envCommitTimeout = "STREAMTX_CHAOS_COMMIT_TIMEOUT"
 	envMaxDeliveries = "STREAMTX_CHAOS_MAX_DELIVERIES"
+
+	// Optional, for the counter handler only.
+	envHandlerDelay = "STREAMTX_CHAOS_HANDLER_DELAY" // work per entry; default handlerDelay
+	envHoldAt       = "STREAMTX_CHAOS_HOLD_AT"       // k: on its k-th entry, say holdLine and block until killed
+	envExitOn       = "STREAMTX_CHAOS_EXIT_ON"       // i: os.Exit(exitCode) whenever handling the entry with field i
 )
 
 // Handler kinds.
@@ -50,10 +55,14 @@ const (
 	handlerKeyed   = "keyed"   // Keyed by field k: one counter per key
 )
 
-// handlerDelay is how long a handler works on an entry: long enough that
-// faults catch entries in hand, short enough that a batch stays far below
-// ClaimIdle.
+// handlerDelay is how long a handler works on an entry by default: long
+// enough that faults catch entries in hand, short enough that a batch stays
+// far below ClaimIdle. envHandlerDelay overrides it.
 const handlerDelay = time.Millisecond
+
+// exitCode is the code a worker exits with when its handler meets the entry
+// of envExitOn: a handler that kills its process.
+const exitCode = 3
 
 // stateName is the state name both handlers use.
 const stateName = "counter"
@@ -63,6 +72,7 @@ const (
 	readyLine   = "chaos-worker ready"
 	stoppedLine = "chaos-worker stopped"
 	eventPrefix = "chaos-event "
+	holdLine    = "chaos-worker holding" // the handler blocks on its envHoldAt-th entry
 )
 
 // counterState is the state of both handlers.
@@ -112,13 +122,34 @@ func TestChaosWorker(t *testing.T) {
 	var h streamtx.Handler
 	switch kind := env(envHandler); kind {
 	case handlerCounter:
+		// The counter handler never returns an error (every entry has a
+		// field i): whatever happens to its entries is the harness's doing.
+		// Its work is not cut short by shutdown either.
+		delay := handlerDelay
+		if v := os.Getenv(envHandlerDelay); v != "" {
+			delay = dur(envHandlerDelay)
+		}
+		holdAt, exitOn := 0, os.Getenv(envExitOn)
+		if os.Getenv(envHoldAt) != "" {
+			holdAt = atoi(envHoldAt)
+		}
+		handled := 0 // entries this process has started handling
 		h = streamtx.Stateful(stateName, func(ctx context.Context, msg *streamtx.Message, s *counterState, tx *txn.Tx) error {
 			if msg.Values["i"] == "" {
 				return streamtx.Permanent(errors.New("entry has no field i"))
 			}
-			if err := sleep(ctx, handlerDelay); err != nil {
-				return err
+			handled++
+			if exitOn != "" && msg.Values["i"] == exitOn {
+				say("chaos-exit src=%s i=%s d=%d code=%d", msg.ID, exitOn, msg.Deliveries, exitCode)
+				os.Exit(exitCode)
 			}
+			if handled == holdAt {
+				say("%s src=%s i=%s k=%d d=%d", holdLine, msg.ID, msg.Values["i"], handled, msg.Deliveries)
+				for {
+					time.Sleep(time.Hour) // until the harness kills the process
+				}
+			}
+			time.Sleep(delay)
 			s.N++
 			say("chaos-handled src=%s n=%d d=%d", msg.ID, s.N, msg.Deliveries)
 			return tx.Publish(out, map[string]any{
