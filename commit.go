@@ -100,6 +100,15 @@ func (c *Consumer) settle(ctx context.Context) (rerun []*Message, ok bool) {
 	for i, it := range items {
 		ids[i] = it.msg.ID
 	}
+	if refused(j.err) {
+		// Redis refused the script: nothing of it applied. Send it again,
+		// same entries, same delivery counts, until Redis takes it.
+		j.res, j.err = c.untilAccepted(ctx, "commit", ids, j.err, func() (rdb.Result, error) {
+			return c.retryScript(ctx, func(ctx context.Context) (any, error) {
+				return rdb.RunCommit(ctx, c.rdb, c.scripts, &j.cm)
+			})
+		})
+	}
 	if j.err != nil {
 		// The outcome is unknown: forget the state, re-scan our pending
 		// entries. What did commit is acknowledged and will not come back;
@@ -110,6 +119,7 @@ func (c *Consumer) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		c.log.Error("streamtx: commit outcome unknown; entries stay pending and will be recovered", "err", j.err, "entries", len(ids))
 		return nil, false
 	}
+	c.healthy()
 	switch j.res.Code {
 	case rdb.CodeOK:
 		c.states.Committed(j.cm.States, j.cm.Token)
@@ -190,7 +200,11 @@ func (c *Consumer) deadLetter(ctx context.Context, m *Message, cause error) {
 	for _, k := range names {
 		args = append(args, escapeField(k), m.Values[k])
 	}
-	res, err := c.runScript(ctx, c.scripts.DeadLetter, []string{c.cfg.Stream, c.dlq}, args)
+	send := func() (rdb.Result, error) {
+		return c.runScript(ctx, c.scripts.DeadLetter, []string{c.cfg.Stream, c.dlq}, args)
+	}
+	res, err := send()
+	res, err = c.untilAccepted(ctx, "dead-letter move", []string{m.ID}, err, send)
 	switch {
 	case err != nil:
 	case res.Code == rdb.CodeOK:

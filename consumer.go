@@ -236,9 +236,11 @@ type Consumer struct {
 	running   atomic.Bool
 	readyOnce sync.Once
 	ready     chan struct{}
+	health    atomic.Pointer[unhealthy] // nil: healthy (see Health)
 
 	// Owned by the Run goroutine.
 	retries    map[string]time.Time // entry ID -> when to retry
+	held       map[string]*heldMsg  // entries to retry as they are, without a re-delivery
 	recoverOwn bool                 // re-scan own pending entries before reading new ones
 	ownCursor  string
 	idleCursor string
@@ -301,6 +303,7 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		log:        cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
 		ready:      make(chan struct{}),
 		retries:    make(map[string]time.Time),
+		held:       make(map[string]*heldMsg),
 		ownCursor:  "0",
 		idleCursor: "0-0",
 	}
@@ -328,7 +331,11 @@ func (c *Consumer) stateKey(name, key string, keyed bool) string {
 }
 
 func (c *Consumer) loadState(ctx context.Context, keys []string) ([]txn.Record, error) {
-	return state.LoadMany(ctx, c.rdb, keys)
+	recs, err := state.LoadMany(ctx, c.rdb, keys)
+	if err != nil && !errors.Is(err, state.ErrCorrupt) {
+		return nil, &storeError{err}
+	}
+	return recs, err
 }
 
 // slotOf returns the cluster slot of a publish target, memoised: handlers
@@ -434,8 +441,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				break // shutting down: not an operational error
 			}
 			fails++
-			c.report(Event{Kind: EventError, Err: err})
-			c.log.Warn("streamtx: consume step failed; retrying", "err", err, "attempt", fails)
+			c.fault(err, nil, int64(fails))
 			c.sleep(ctx, backoff(int64(fails), 50*time.Millisecond, 5*time.Second))
 			continue
 		}
@@ -444,10 +450,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return nil
 }
 
-var (
-	errFatal         = errors.New("streamtx: fatal")
-	errOverDelivered = errors.New("streamtx: entry delivered more than MaxDeliveries times")
-)
+var errFatal = errors.New("streamtx: fatal")
 
 // start creates the group (and stream) when missing, retrying connection
 // errors until ctx is cancelled.
@@ -507,7 +510,7 @@ func (c *Consumer) step(ctx, hctx context.Context) error {
 	case c.recoverOwn:
 		msgs, err = c.claimOwn(ctx)
 	case due != nil:
-		msgs, err = c.claimIDs(ctx, due)
+		msgs, err = c.retry(ctx, due)
 	case !now.Before(c.nextClaim):
 		msgs, err = c.claimIdle(ctx)
 	case c.cfg.Retention.enabled() && !now.Before(c.nextTrim):
@@ -576,18 +579,25 @@ func (c *Consumer) readOnce(ctx context.Context, count int, block time.Duration)
 	if err != nil {
 		return nil, c.readFailed(ctx, err)
 	}
+	if c.inflight == nil {
+		c.healthy() // (with a commit in flight, its outcome decides)
+	}
 	return msgs, nil
 }
 
 // readFailed deals with a failed read and returns the error to report.
 func (c *Consumer) readFailed(ctx context.Context, err error) error {
-	if strings.HasPrefix(err.Error(), "NOGROUP") {
+	if redis.HasErrorPrefix(err, "NOGROUP") {
 		c.log.Warn("streamtx: group or stream vanished; creating it again")
 		return c.ensureGroup(ctx)
 	}
-	// Redis may have delivered entries whose reply was lost: they are
-	// pending for this consumer, so look there before reading on.
-	c.recoverOwn, c.ownCursor = true, "0"
+	if !refused(err) {
+		// Redis may have delivered entries whose reply was lost: they are
+		// pending for this consumer, so look there before reading on. (A
+		// refused read delivered nothing: recovering would only count one
+		// more delivery of what this consumer holds.)
+		c.recoverOwn, c.ownCursor = true, "0"
+	}
 	return fmt.Errorf("streamtx: read %q: %w", c.cfg.Stream, err)
 }
 
@@ -651,8 +661,28 @@ func (c *Consumer) claimOwn(ctx context.Context) ([]*Message, error) {
 	return c.messages(entries), nil
 }
 
+// retry returns the entries ids for another attempt: those held back for a
+// Redis fault as they are, the others re-delivered by claimIDs.
+func (c *Consumer) retry(ctx context.Context, ids []string) ([]*Message, error) {
+	var msgs []*Message
+	claim := ids[:0:0]
+	for _, id := range ids {
+		if h, ok := c.held[id]; ok {
+			delete(c.retries, id) // (held stays, counting attempts, until dueRetries sees it done)
+			msgs = append(msgs, h.msg)
+		} else {
+			claim = append(claim, id)
+		}
+	}
+	if len(claim) == 0 {
+		return msgs, nil
+	}
+	more, err := c.claimIDs(ctx, claim)
+	return append(msgs, more...), err
+}
+
 // claimIDs re-delivers the given entries to this consumer if it still owns
-// them: a retry counts as a delivery.
+// them: a retry after a handler error counts as a delivery.
 func (c *Consumer) claimIDs(ctx context.Context, ids []string) ([]*Message, error) {
 	args := make([]any, 0, 5+len(ids))
 	args = append(args, c.cfg.Group, c.cfg.Consumer, "ids", len(ids))
@@ -706,7 +736,7 @@ func (c *Consumer) claimIdle(ctx context.Context) ([]*Message, error) {
 func (c *Consumer) claimErr(ctx context.Context, err error) error {
 	// A claim whose reply was lost may have moved entries to this consumer.
 	c.recoverOwn, c.ownCursor = true, "0"
-	if strings.HasPrefix(err.Error(), "NOGROUP") {
+	if redis.HasErrorPrefix(err, "NOGROUP") {
 		c.log.Warn("streamtx: group or stream vanished; creating it again")
 		return c.ensureGroup(ctx)
 	}
@@ -719,6 +749,7 @@ func (c *Consumer) messages(entries []rdb.Entry) []*Message {
 	for i, e := range entries {
 		all[i] = Message{Stream: c.cfg.Stream, ID: e.ID, Values: e.Values, Deliveries: e.Deliveries}
 		msgs[i] = &all[i]
+		delete(c.held, e.ID) // delivered again: this copy replaces the one held
 	}
 	return msgs
 }
@@ -744,6 +775,11 @@ func (c *Consumer) dueRetries(now time.Time) []string {
 			ids = append(ids, id)
 		}
 	}
+	for id := range c.held {
+		if _, ok := c.retries[id]; !ok {
+			delete(c.held, id) // re-delivered and handled meanwhile
+		}
+	}
 	if len(ids) == 0 {
 		return nil
 	}
@@ -765,6 +801,9 @@ type item struct {
 // first: if it was refused, the state this batch was handled on is gone, and
 // both are handled again (synchronously).
 func (c *Consumer) process(ctx, hctx context.Context, msgs []*Message) {
+	if msgs = c.isolateSuspects(ctx, hctx, msgs); len(msgs) == 0 {
+		return
+	}
 	// With a backlog, read the next batch now: Redis serves it (and the
 	// commit in flight) while the handlers run, instead of after.
 	backlog := len(msgs) == c.cfg.BatchSize && c.cfg.BatchSize > 1
@@ -951,10 +990,6 @@ func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 	items := make([]item, 0, len(msgs))
 	for i, m := range msgs {
 		delete(c.retries, m.ID)
-		if errs[i] == errOverDelivered {
-			c.deadLetter(hctx, m, Permanent(fmt.Errorf("%w (%d > MaxDeliveries %d): the handler did not finish the last deliveries", errOverDelivered, m.Deliveries, c.cfg.MaxDeliveries)))
-			continue
-		}
 		if errs[i] != nil {
 			c.failed(hctx, m, errs[i])
 			continue
@@ -984,12 +1019,6 @@ func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, 
 
 // handleOne runs the handler in tx and seals it, or rolls it back.
 func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txn.Tx) error {
-	if m.Deliveries > c.cfg.MaxDeliveries {
-		// Delivered more often than the handler ever failed: it crashed the
-		// process (or never returned) on earlier deliveries. Do not run it
-		// again.
-		return errOverDelivered
-	}
 	if g, ok := m.Values[replayGroupField]; ok && g != c.cfg.Group {
 		// Replayed for another group: acknowledge, do not handle.
 		return nil
@@ -1052,6 +1081,11 @@ func (c *Consumer) failed(hctx context.Context, m *Message, err error) {
 		// Shutting down: the entry stays pending for the next owner.
 		return
 	}
+	var se *storeError
+	if errors.As(err, &se) {
+		c.hold(m, err)
+		return
+	}
 	permanent := IsPermanent(err) || errors.Is(err, txn.ErrBadPublish)
 	if permanent || m.Deliveries >= c.cfg.MaxDeliveries {
 		c.deadLetter(hctx, m, err)
@@ -1061,6 +1095,27 @@ func (c *Consumer) failed(hctx context.Context, m *Message, err error) {
 	c.retries[m.ID] = time.Now().Add(d)
 	c.report(Event{Kind: EventRetry, IDs: []string{m.ID}, Deliveries: m.Deliveries, Err: err})
 	c.log.Info("streamtx: handler failed; will retry", "id", m.ID, "deliveries", m.Deliveries, "in", d, "err", err)
+}
+
+// hold keeps m to handle again as it is, after a backoff: Redis failed
+// under its handler (see storeError), which is not the entry's fault, so it
+// must not cost it a delivery.
+func (c *Consumer) hold(m *Message, err error) {
+	h := c.held[m.ID]
+	if h == nil {
+		h = &heldMsg{}
+	}
+	h.msg = m
+	h.attempts++
+	c.held[m.ID] = h
+	c.retries[m.ID] = time.Now().Add(backoff(h.attempts, 50*time.Millisecond, 5*time.Second))
+	c.fault(err, []string{m.ID}, h.attempts)
+}
+
+// heldMsg is an entry held back by hold.
+type heldMsg struct {
+	msg      *Message
+	attempts int64
 }
 
 func (c *Consumer) backoff(deliveries int64) time.Duration {

@@ -34,6 +34,13 @@ var (
 	// message names the field.
 	ErrConfig = errors.New("streamtx: invalid config")
 
+	// ErrCrashLoop is why an entry is dead-lettered when the process did not
+	// survive handling it: delivered more than MaxDeliveries times without
+	// its handler ever returning an error, it was then handled alone (its own
+	// batch and commit), and MaxDeliveries of those attempts did not finish
+	// either. Entries that merely shared a batch with it are not affected.
+	ErrCrashLoop = errors.New("streamtx: the process did not survive handling this entry")
+
 	// ErrRunning is returned by Run when the consumer is already running.
 	ErrRunning = errors.New("streamtx: consumer is already running")
 )

@@ -17,6 +17,7 @@ import (
 
 	"github.com/streamtx/streamtx"
 	"github.com/streamtx/streamtx/internal/faultproxy"
+	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/redistest"
 	"github.com/streamtx/streamtx/txn"
 )
@@ -163,6 +164,16 @@ func TestZombieCommitIsRefused(t *testing.T) {
 func TestReplayDeadLettersExactlyOnce(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
+	replayDeadLettersExactlyOnce(e, e.rdb, e.rdb)
+}
+
+// replayDeadLettersExactlyOnce dead-letters two entries, replays them and
+// checks they are handled once, by their group only: consumers connect with
+// client, the dead letters are listed and replayed with operator, and e's
+// client checks. The least-privilege test runs it with users of the
+// consumer and CLI roles.
+func replayDeadLettersExactlyOnce(e *env, client, operator redis.UniversalClient) {
+	t := e.t
 	ctx := context.Background()
 	src, out, other := e.key("in"), e.key("out"), e.key("other")
 	e.add(src, 10, func(i int) map[string]any { return map[string]any{"i": i} })
@@ -175,11 +186,11 @@ func TestReplayDeadLettersExactlyOnce(t *testing.T) {
 		s.N++
 		return tx.Publish(out, map[string]any{"i": msg.Values["i"], "n": s.N})
 	})
-	c, err := streamtx.NewConsumer(e.rdb, e.cfg(src, "g", "c"), h)
+	c, err := streamtx.NewConsumer(client, e.cfg(src, "g", "c"), h)
 	require.NoError(t, err)
 	run(t, c)
 	var otherCount atomic.Int64
-	c2, err := streamtx.NewConsumer(e.rdb, e.cfg(src, "g2", "c"), streamtx.HandlerFunc(
+	c2, err := streamtx.NewConsumer(client, e.cfg(src, "g2", "c"), streamtx.HandlerFunc(
 		func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
 			otherCount.Add(1)
 			return tx.Publish(other, map[string]any{"i": msg.Values["i"]})
@@ -189,16 +200,16 @@ func TestReplayDeadLettersExactlyOnce(t *testing.T) {
 	e.drained(src, "g")
 	e.drained(src, "g2")
 	dlq := c.DeadLetterStream()
-	dl, _, err := streamtx.ListDeadLetters(ctx, e.rdb, dlq, "", 1)
+	dl, _, err := streamtx.ListDeadLetters(ctx, operator, dlq, "", 1)
 	require.NoError(t, err)
 	require.Len(t, dl, 1, "page of one")
 	require.Equal(t, int64(2), e.rdb.XLen(ctx, dlq).Val())
 
 	broken.Store(false)
-	res, err := streamtx.ReplayDeadLetters(ctx, e.rdb, dlq)
+	res, err := streamtx.ReplayDeadLetters(ctx, operator, dlq)
 	require.NoError(t, err)
 	require.Len(t, res.Replayed, 2)
-	again, err := streamtx.ReplayDeadLetters(ctx, e.rdb, dlq, dl[0].ID)
+	again, err := streamtx.ReplayDeadLetters(ctx, operator, dlq, dl[0].ID)
 	require.NoError(t, err)
 	require.Empty(t, again.Replayed, "a dead letter replays once")
 	require.Equal(t, []string{dl[0].ID}, again.Missing)
@@ -364,41 +375,96 @@ func TestShutdownUnderLoadLeavesNoGoroutine(t *testing.T) {
 	e.requireExactlyOnce(out, ids)
 }
 
-// An entry that was delivered more than MaxDeliveries times without its
-// handler ever failing (the process crashed on it) is dead-lettered without
-// running the handler again.
-func TestCrashLoopEntryIsDeadLetteredWithoutRunningTheHandler(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
+// deliverTimes delivers the first n entries of src to consumer c of group g
+// times times, as a process that keeps dying with them in hand would: each
+// delivery counts.
+func (e *env) deliverTimes(src, g, c string, n, times int) {
+	e.t.Helper()
 	ctx := context.Background()
-	src := e.key("in")
-	require.NoError(t, e.rdb.XGroupCreateMkStream(ctx, src, "g", "0").Err())
-	ids := e.add(src, 2, func(i int) map[string]any { return map[string]any{"i": i} })
-	// Deliver entry 1 three times to "c", as crashed restarts would.
-	for i := 0; i < 3; i++ {
+	for i := 0; i < times; i++ {
 		start := ">"
 		if i > 0 {
 			start = "0"
 		}
-		require.NoError(t, e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "g", Consumer: "c", Streams: []string{src, start}, Count: 1, Block: -1}).Err())
+		require.NoError(e.t, e.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: g, Consumer: c, Streams: []string{src, start}, Count: int64(n), Block: -1}).Err())
 	}
-	var ran atomic.Int64
-	h := streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
-		if msg.ID == ids[0] {
-			ran.Add(1)
-		}
-		return nil
-	})
+}
+
+// Entries delivered more than MaxDeliveries times without their handler
+// ever failing (the processes holding their batch died) are handled again,
+// each alone in its own commit, and committed once: a high delivery count
+// is not a verdict. (Before the fix they were dead-lettered unhandled.)
+func TestOverDeliveredEntriesAreHandledAloneNotDeadLettered(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	src, out := e.key("in"), e.key("out")
+	require.NoError(t, e.rdb.XGroupCreateMkStream(ctx, src, "g", "0").Err())
+	ids := e.add(src, 5, func(i int) map[string]any { return map[string]any{"i": i} })
+	e.deliverTimes(src, "g", "c", 3, 3) // entries 1-3: three deliveries
+	ev := newEvents()
 	cfg := e.cfg(src, "g", "c")
-	cfg.MaxDeliveries = 3 // the restart's claim is delivery 4
-	c, err := streamtx.NewConsumer(e.rdb, cfg, h)
+	cfg.MaxDeliveries = 3 // the restart's recovery is delivery 4
+	cfg.Observer = ev
+	c, err := streamtx.NewConsumer(e.rdb, cfg, countAndPublish("n", out))
 	require.NoError(t, err)
 	run(t, c)
 	e.drained(src, "g")
-	require.Zero(t, ran.Load())
+	require.Empty(t, e.entries(c.DeadLetterStream()))
+	e.requireExactlyOnce(out, ids)
+	require.Equal(t, 5, e.counterState(src, "g", "n").Value.N)
+	alone := map[string]bool{}
+	for _, cm := range ev.of(streamtx.EventCommit) {
+		if len(cm.IDs) == 1 {
+			alone[cm.IDs[0]] = true
+		}
+		for _, id := range cm.IDs {
+			if id == ids[0] || id == ids[1] || id == ids[2] {
+				require.Len(t, cm.IDs, 1, "a suspect entry commits alone")
+			}
+		}
+	}
+	require.True(t, alone[ids[0]] && alone[ids[1]] && alone[ids[2]])
+	keys, err := e.rdb.Keys(ctx, "stx:*"+src+"*suspect*").Result()
+	require.NoError(t, err)
+	require.Empty(t, keys, "suspect counters are removed once the entry is done")
+}
+
+// An entry that killed the process each time it was handled alone (its
+// suspect counter says so) is dead-lettered with ErrCrashLoop without
+// running the handler again; its batch-mates commit once.
+func TestCrashLoopingEntryAloneIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	src, out := e.key("in"), e.key("out")
+	require.NoError(t, e.rdb.XGroupCreateMkStream(ctx, src, "g", "0").Err())
+	ids := e.add(src, 3, func(i int) map[string]any { return map[string]any{"i": i} })
+	e.deliverTimes(src, "g", "c", 3, 3)
+	sp, err := keys.NewSpace(src, "g")
+	require.NoError(t, err)
+	// Three attempts alone that the process did not live through.
+	require.NoError(t, e.rdb.Set(ctx, sp.Suspect(ids[1]), 3, time.Hour).Err())
+	var ran sync.Map
+	h := countAndPublish("n", out)
+	spy := streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
+		ran.Store(msg.ID, true)
+		return h.Handle(ctx, msg, tx)
+	})
+	cfg := e.cfg(src, "g", "c")
+	cfg.MaxDeliveries = 3
+	c, err := streamtx.NewConsumer(e.rdb, cfg, spy)
+	require.NoError(t, err)
+	run(t, c)
+	e.drained(src, "g")
+	_, handled := ran.Load(ids[1])
+	require.False(t, handled, "the crash-looping entry is not handled again")
 	dl := e.entries(c.DeadLetterStream())
 	require.Len(t, dl, 1)
-	require.Equal(t, ids[0], dl[0].Values["stx.id"])
+	require.Equal(t, ids[1], dl[0].Values["stx.id"])
 	require.Equal(t, "4", dl[0].Values["stx.deliveries"])
-	require.Contains(t, dl[0].Values["stx.error"], "MaxDeliveries")
+	require.Contains(t, dl[0].Values["stx.error"], streamtx.ErrCrashLoop.Error())
+	e.requireExactlyOnce(out, []string{ids[0], ids[2]})
+	require.Equal(t, 2, e.counterState(src, "g", "n").Value.N)
+	require.Zero(t, e.rdb.Exists(ctx, sp.Suspect(ids[1])).Val())
 }

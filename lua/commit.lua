@@ -36,6 +36,8 @@
 --   {3, t, ...}            WRONG_TYPE: publish targets t exist and are not streams,
 --                          or are the offsets hash or a state record of this commit
 --   error WRONGTYPE        the offsets hash or a state record has another type
+--   error NOPERM           the user may not run one of the writes (checked for all of
+--                          them first, where Redis has redis.acl_check_cmd)
 -- Nothing is written unless the reply is {0}: every check runs before any write.
 
 local group, consumer = ARGV[1], ARGV[2]
@@ -133,6 +135,30 @@ for t = 1, nt do
 end
 if #bad > 0 then
   return {3, unpack(bad)}
+end
+
+-- Redis checks ACLs at every call: a write refused half-way would leave half
+-- a commit. Ask for every call of phase 2 first (redis.acl_check_cmd is Redis
+-- 7.0 and later; without it, as on miniredis, there are no such ACLs).
+if redis.acl_check_cmd then
+  local function denied(...)
+    if redis.acl_check_cmd(...) then return nil end
+    local what = {...}
+    return redis.error_reply('NOPERM streamtx commit: this user may not run ' .. what[1] ..
+      ' on key ' .. what[2] .. '; nothing was written')
+  end
+  local err
+  for i = 1, ns do
+    err = err or denied('SET', KEYS[2 + i], '')
+  end
+  for t = 1, nt do
+    err = err or denied('XADD', KEYS[2 + ns + t], '*', 'f', 'v')
+  end
+  err = err or denied('HGET', KEYS[2], consumer) or denied('HSET', KEYS[2], consumer, offset)
+  if ne > 0 then
+    err = err or denied('XACK', KEYS[1], group, ARGV[ids])
+  end
+  if err then return err end
 end
 
 -- Phase 2: writes.

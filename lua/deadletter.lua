@@ -18,6 +18,8 @@
 --               delivery count; nothing was written
 --   {3}         WRONG_TYPE: the dead-letter key exists and is not a stream;
 --               nothing was written
+--   error NOPERM  the user may not XADD to the dead-letter stream or XACK;
+--               nothing was written
 
 local stream, dlq, group, consumer, id = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
 
@@ -30,6 +32,17 @@ local ty = redis.call('TYPE', dlq)
 ty = ty.ok or ty
 if ty ~= 'stream' and ty ~= 'none' then
   return {3}
+end
+
+-- ACLs are checked at every call: ask for both writes first, or a refused
+-- XACK would leave the dead letter appended and the entry pending.
+if redis.acl_check_cmd then
+  for _, c in ipairs({{'XADD', dlq, '*', 'f', 'v'}, {'XACK', stream, group, id}}) do
+    if not redis.acl_check_cmd(unpack(c)) then
+      return redis.error_reply('NOPERM streamtx dead-letter: this user may not run ' .. c[1] ..
+        ' on key ' .. c[2] .. '; nothing was written')
+    end
+  end
 end
 
 local args = {'XADD', dlq, '*',

@@ -34,3 +34,9 @@ var Replay string
 //
 //go:embed delconsumer.lua
 var DelConsumer string
+
+// Suspect is the source of suspect.lua: count an attempt at an entry handled
+// alone after the processes holding it died.
+//
+//go:embed suspect.lua
+var Suspect string

@@ -16,7 +16,8 @@
 --   missing     IDs not found in the dead-letter stream (replayed already,
 --               purged, or never there)
 --   mismatched  IDs whose stx.stream is not KEYS[2]; left untouched
--- Fails with WRONGTYPE, writing nothing, when a key has another type.
+-- Fails with WRONGTYPE, writing nothing, when a key has another type, and
+-- with NOPERM, writing nothing, when the user may not XADD or XDEL them.
 
 local dlq, src = KEYS[1], KEYS[2]
 for _, k in ipairs({dlq, src}) do
@@ -24,6 +25,17 @@ for _, k in ipairs({dlq, src}) do
   ty = ty.ok or ty
   if ty ~= 'stream' and ty ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. k .. ' is not a stream')
+  end
+end
+
+-- ACLs are checked at every call: ask for the writes first, or a refusal
+-- after some replays would leave the rest half done.
+if redis.acl_check_cmd then
+  for _, c in ipairs({{'XADD', src, '*', 'f', 'v'}, {'XDEL', dlq, '0-1'}}) do
+    if not redis.acl_check_cmd(unpack(c)) then
+      return redis.error_reply('NOPERM streamtx replay: this user may not run ' .. c[1] ..
+        ' on key ' .. c[2] .. '; nothing was written')
+    end
   end
 end
 

@@ -99,6 +99,11 @@ func Forwarded(target, outbox, id string) (string, error) {
 	return Prefix + "{" + tag + "}:fwd:" + escape(target) + ":" + escape(outbox) + ":" + id, nil
 }
 
+// Suspect returns the counter of the times entry id was handled alone
+// without the process living to finish it (see "Only the guilty entry is
+// dead-lettered" in the package streamtx docs).
+func (s Space) Suspect(id string) string { return s.base + "suspect:" + id }
+
 // DeadLetters returns the default dead-letter stream.
 func (s Space) DeadLetters() string { return s.base + "dlq" }
 

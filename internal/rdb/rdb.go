@@ -36,6 +36,7 @@ type Scripts struct {
 	DeadLetter  *redis.Script
 	Replay      *redis.Script
 	DelConsumer *redis.Script
+	Suspect     *redis.Script
 }
 
 // NewScripts wraps the embedded scripts.
@@ -46,6 +47,7 @@ func NewScripts() *Scripts {
 		DeadLetter:  redis.NewScript(lua.DeadLetter),
 		Replay:      redis.NewScript(lua.Replay),
 		DelConsumer: redis.NewScript(lua.DelConsumer),
+		Suspect:     redis.NewScript(lua.Suspect),
 	}
 }
 
