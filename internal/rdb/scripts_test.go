@@ -2,8 +2,6 @@ package rdb_test
 
 import (
 	"context"
-	"fmt"
-	"sort"
 	"strconv"
 	"testing"
 	"time"
@@ -110,27 +108,12 @@ func (e *env) pending() map[string]pel {
 	return m
 }
 
-// snapshot returns TYPE and DUMP of every key of the test (under its prefix
-// and the stx:{prefix…} keys derived from its stream), and the source
-// group's PEL with delivery counts.
-func (e *env) snapshot() map[string]string {
+// snapshot returns what Redis means by every key of the test (under its
+// prefix and the stx:{prefix…} keys derived from its stream), the source
+// group's pending entries with their owners and delivery counts included.
+func (e *env) snapshot() redistest.Snapshot {
 	e.t.Helper()
-	snap := make(map[string]string)
-	for _, pattern := range []string{e.prefix + "*", "stx:{" + e.prefix + "*"} {
-		iter := e.rdb.Scan(e.ctx, 0, pattern, 1000).Iterator()
-		for iter.Next(e.ctx) {
-			k := iter.Val()
-			ty, err := e.rdb.Type(e.ctx, k).Result()
-			require.NoError(e.t, err)
-			dump, err := e.rdb.Dump(e.ctx, k).Result()
-			require.NoError(e.t, err)
-			snap[k] = ty + "\x00" + dump
-		}
-		require.NoError(e.t, iter.Err())
-	}
-	for id, p := range e.pending() {
-		snap["PEL "+id] = fmt.Sprintf("%s %d", p.Consumer, p.Count)
-	}
+	snap := redistest.TakeSnapshot(e.t, e.rdb, e.prefix+"*", "stx:{"+e.prefix+"*")
 	require.NotEmpty(e.t, snap)
 	return snap
 }
@@ -140,22 +123,7 @@ func (e *env) unchanged(f func()) {
 	e.t.Helper()
 	before := e.snapshot()
 	f()
-	after := e.snapshot()
-	var diff []string
-	for k, v := range before {
-		if w, ok := after[k]; !ok {
-			diff = append(diff, "gone: "+k)
-		} else if w != v {
-			diff = append(diff, "changed: "+k)
-		}
-	}
-	for k := range after {
-		if _, ok := before[k]; !ok {
-			diff = append(diff, "new: "+k)
-		}
-	}
-	sort.Strings(diff)
-	require.Empty(e.t, diff, "a refused or failed script wrote")
+	require.Empty(e.t, before.Diff(e.snapshot()), "a refused or failed script wrote")
 }
 
 func (e *env) commit(c *rdb.Commit) (rdb.Result, error) {
