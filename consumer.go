@@ -46,8 +46,14 @@ type Config struct {
 	// Block is how long one read waits for new entries. Default 1s. It also
 	// bounds how long Run takes to notice a cancelled context.
 	Block time.Duration
-	// MaxDeliveries is the number of deliveries after which a failing entry
-	// is dead-lettered. Default 5.
+	// MaxDeliveries is the number of deliveries after which an entry whose
+	// handler fails is dead-lettered. Default 5. A delivery count also
+	// counts deliveries cut short by a process that died or paused with the
+	// entry's batch in hand: an entry past MaxDeliveries whose handler did
+	// not fail is handled again alone (its own batch and commit), and
+	// dead-lettered with ErrCrashLoop only after MaxDeliveries such attempts
+	// that the process did not survive. A Redis error reply never counts as
+	// a delivery (see Health).
 	MaxDeliveries int64
 	// Backoff gives the wait before retrying an entry that failed on its
 	// n-th delivery. Default: 100ms doubling per delivery, capped at 10s and
@@ -387,9 +393,11 @@ func (c *Consumer) route(p *txn.Publish) error {
 // after it returns, and nothing of this consumer writes to Redis afterwards.
 //
 // Run first re-processes this consumer's own pending entries, then reads new
-// ones. Connection errors are logged, reported to the Observer and retried
-// with backoff; Run returns an error only for what retrying cannot fix (the
-// stream key holds another type, or ErrRunning).
+// ones. Connection errors and Redis error replies (NOPERM, OOM, MISCONF,
+// READONLY, …) are logged, reported to the Observer and retried with backoff
+// capped at 5s, and make Health return them; Run returns an error only for
+// what retrying cannot fix (the stream key holds another type, or
+// ErrRunning).
 func (c *Consumer) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return ErrRunning
