@@ -430,6 +430,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		hcancel()
 	}()
 
+	c.health.Store(nil)
 	if err := c.start(ctx); err != nil || ctx.Err() != nil {
 		return err
 	}
@@ -474,8 +475,7 @@ func (c *Consumer) start(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		c.report(Event{Kind: EventError, Err: err})
-		c.log.Warn("streamtx: cannot create group; retrying", "err", err, "attempt", attempt)
+		c.fault(err, nil, attempt)
 		c.sleep(ctx, backoff(attempt, 100*time.Millisecond, 5*time.Second))
 	}
 }
