@@ -39,7 +39,7 @@ var (
 	// its handler ever returning an error, it was then handled alone (its own
 	// batch and commit), and MaxDeliveries of those attempts did not finish
 	// either. Entries that merely shared a batch with it are not affected.
-	ErrCrashLoop = errors.New("streamtx: the process did not survive handling this entry")
+	ErrCrashLoop = errors.New("streamtx: crash loop: the process did not survive handling this entry")
 
 	// ErrRunning is returned by Run when the consumer is already running.
 	ErrRunning = errors.New("streamtx: consumer is already running")
