@@ -99,13 +99,7 @@ func testRefusal(t *testing.T, r refusal) {
 
 func TestRefusedByACLIsRetriedNotDeadLettered(t *testing.T) {
 	testRefusal(t, refusal{
-		client: func(t *testing.T, s *redistest.Server) *redis.Client {
-			admin := s.Client(t)
-			require.NoError(t, admin.Do(context.Background(), "ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all").Err())
-			c := redis.NewClient(&redis.Options{Addr: s.Addr(), Username: "app", Password: "pw"})
-			t.Cleanup(func() { c.Close() })
-			return c
-		},
+		client: aclUser,
 		cause: func(t *testing.T, admin *redis.Client) {
 			require.NoError(t, admin.Do(context.Background(), "ACL", "SETUSER", "app", "-set").Err())
 		},
@@ -113,6 +107,21 @@ func TestRefusedByACLIsRetriedNotDeadLettered(t *testing.T) {
 			require.NoError(t, admin.Do(context.Background(), "ACL", "SETUSER", "app", "+set").Err())
 		},
 		errText: "NOPERM streamtx commit: this user may not run SET on key",
+	})
+}
+
+// A handler whose state cannot be loaded (here: no MGET) did not fail: its
+// entry is held and handled again as it is, without a re-delivery.
+func TestStateLoadRefusedIsHeldNotDeadLettered(t *testing.T) {
+	testRefusal(t, refusal{
+		client: aclUser,
+		cause: func(t *testing.T, admin *redis.Client) {
+			require.NoError(t, admin.Do(context.Background(), "ACL", "SETUSER", "app", "-mget").Err())
+		},
+		remove: func(t *testing.T, admin *redis.Client) {
+			require.NoError(t, admin.Do(context.Background(), "ACL", "SETUSER", "app", "+mget").Err())
+		},
+		errText: "NOPERM",
 	})
 }
 
@@ -165,4 +174,14 @@ func TestPersistenceFailureIsRetriedNotDeadLettered(t *testing.T) {
 		},
 		errText: "MISCONF",
 	})
+}
+
+// aclUser creates the ACL user "app", allowed everything, and returns a
+// client logged in as it.
+func aclUser(t *testing.T, s *redistest.Server) *redis.Client {
+	admin := s.Client(t)
+	require.NoError(t, admin.Do(context.Background(), "ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all").Err())
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), Username: "app", Password: "pw"})
+	t.Cleanup(func() { c.Close() })
+	return c
 }
