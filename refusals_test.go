@@ -110,6 +110,23 @@ func TestRefusedByACLIsRetriedNotDeadLettered(t *testing.T) {
 	})
 }
 
+// Redis checks ACLs at every call of a script: a user who may SET and XADD
+// but not XACK would get the state and publishes of a commit without its
+// acknowledgement, and the entries would apply again. The commit asks for
+// every write first, so it writes nothing.
+func TestRefusedLastWriteOfCommitWritesNothing(t *testing.T) {
+	testRefusal(t, refusal{
+		client: aclUser,
+		cause: func(t *testing.T, admin *redis.Client) {
+			require.NoError(t, admin.Do(context.Background(), "ACL", "SETUSER", "app", "-xack").Err())
+		},
+		remove: func(t *testing.T, admin *redis.Client) {
+			require.NoError(t, admin.Do(context.Background(), "ACL", "SETUSER", "app", "+xack").Err())
+		},
+		errText: "NOPERM streamtx commit: this user may not run XACK",
+	})
+}
+
 // A handler whose state cannot be loaded (here: no MGET) did not fail: its
 // entry is held and handled again as it is, without a re-delivery.
 func TestStateLoadRefusedIsHeldNotDeadLettered(t *testing.T) {
