@@ -167,7 +167,13 @@ func TestKillBatchHolderRepeatedly(t *testing.T) {
 			require.Len(t, ps, n, "the first worker holds the whole batch")
 		}
 		for _, e := range ps {
-			require.EqualValues(t, k, e.RetryCount, "entry %s: each restart re-delivers the batch once", e.ID)
+			if k <= defaultMaxDeliveries {
+				require.EqualValues(t, k, e.RetryCount, "entry %s: each restart re-delivers the batch once", e.ID)
+			} else {
+				// Suspects now: how they are re-delivered is the consumer's
+				// business, but never fewer times than the kills.
+				require.GreaterOrEqual(t, e.RetryCount, int64(k), "entry %s", e.ID)
+			}
 		}
 	}
 
