@@ -23,8 +23,10 @@ const (
 	// EventClaim: entries idle at another consumer were claimed (IDs).
 	EventClaim
 	// EventError: an operational error (Err) — a failed read, a commit whose
-	// outcome is unknown, a dead letter that could not be written. The
-	// consumer carries on.
+	// outcome is unknown, a dead letter that could not be written, a Redis
+	// error reply such as NOPERM or OOM (reported at every attempt, with the
+	// entries concerned in IDs; see Consumer.Health). The consumer carries
+	// on.
 	EventError
 )
 
