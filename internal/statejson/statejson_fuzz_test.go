@@ -1,4 +1,4 @@
-package main
+package statejson
 
 import (
 	"encoding/json"
@@ -11,9 +11,9 @@ import (
 	"github.com/streamtx/streamtx/state"
 )
 
-// FuzzDecodeGeneric feeds state data, as `state get` reads it from Redis,
-// through the state package's checks and the generic decoder: no panic,
-// and whatever decodes prints as JSON.
+// FuzzDecodeGeneric feeds state data, as `streamtx state get` and the web
+// console read it from Redis, through the state package's checks and Decode:
+// no panic, and whatever decodes prints as JSON.
 func FuzzDecodeGeneric(f *testing.F) {
 	for _, v := range []any{
 		map[string]any{"a": 1, "b": []any{"x", 2.5, nil, true}},
@@ -35,7 +35,7 @@ func FuzzDecodeGeneric(f *testing.F) {
 		if err != nil {
 			return
 		}
-		v, err := decodeGeneric(*raw)
+		v, err := Decode(*raw)
 		if err != nil {
 			return
 		}
