@@ -93,6 +93,9 @@ type Config struct {
 	// (Keyed); a record touched from two lanes in one batch fails the later
 	// entry with txn.ErrLaneConflict. Default 1: one entry at a time.
 	Parallelism int
+	// Middleware wraps the handler, Middleware[0] outermost, without hiding
+	// it from the consumer (see Middleware). Default: none.
+	Middleware []Middleware
 	// PartitionKey maps an entry to its lane key when Parallelism > 1.
 	// Default: the key function of a Keyed handler; required for other
 	// handlers.
@@ -227,7 +230,8 @@ func (cfg *Config) setDefaults() error {
 type Consumer struct {
 	rdb     redis.UniversalClient
 	cfg     Config
-	h       Handler
+	h       Handler // with Config.Middleware
+	meta    Handler // the handler under every wrapping (see unwrapAll)
 	space   keys.Space
 	dlq     string
 	cluster bool
@@ -268,7 +272,8 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 	if h == nil {
 		return nil, configErr("handler", "nil Handler")
 	}
-	if v, ok := h.(interface{ validate() error }); ok {
+	meta := unwrapAll(h) // what Stateful and Keyed tell the consumer
+	if v, ok := meta.(interface{ validate() error }); ok {
 		if err := v.validate(); err != nil {
 			return nil, fmt.Errorf("%w: handler: %w", ErrConfig, err)
 		}
@@ -277,7 +282,7 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		return nil, err
 	}
 	if cfg.Parallelism > 1 && cfg.PartitionKey == nil {
-		p, ok := h.(interface{ partitionKey() func(*Message) string })
+		p, ok := meta.(interface{ partitionKey() func(*Message) string })
 		if !ok || p.partitionKey() == nil {
 			return nil, configErr("PartitionKey", "required with Parallelism %d for a handler that is not Keyed", cfg.Parallelism)
 		}
@@ -297,15 +302,20 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 	if dlq == cfg.Stream {
 		return nil, configErr("DeadLetterStream", "is the source stream")
 	}
+	scripts, err := luaScripts()
+	if err != nil {
+		return nil, err
+	}
 	c := &Consumer{
 		rdb:        client,
 		cfg:        cfg,
-		h:          h,
+		h:          Wrap(h, cfg.Middleware...),
+		meta:       meta,
 		space:      space,
 		dlq:        dlq,
 		cluster:    cluster,
 		slot:       keys.Slot(cfg.Stream),
-		scripts:    rdb.NewScripts(),
+		scripts:    scripts,
 		log:        cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
 		ready:      make(chan struct{}),
 		retries:    make(map[string]time.Time),
@@ -946,7 +956,7 @@ func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 	msgs = unique(msgs)
 	txs := make([]*txn.Tx, len(msgs))
 	errs := make([]error, len(msgs))
-	if p, ok := c.h.(interface{ stateRef(*Message) txn.Ref }); ok {
+	if p, ok := c.meta.(interface{ stateRef(*Message) txn.Ref }); ok {
 		refs := make([]txn.Ref, len(msgs))
 		for i, m := range msgs {
 			refs[i] = p.stateRef(m)

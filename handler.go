@@ -47,7 +47,55 @@ func (f HandlerFunc) Handle(ctx context.Context, msg *Message, tx *txn.Tx) error
 }
 
 // Middleware wraps a Handler, for logging, tracing or metrics.
+//
+// The consumer reads what it needs of a Stateful or Keyed handler (its state
+// type, which it checks; its key function, for lanes; the records a batch
+// will touch, to load them at once) from the handler itself. A wrapper
+// written as func(Handler) Handler hides that, so apply middleware in one of
+// the ways that keep it visible: Config.Middleware, Wrap, or a wrapper type
+// with an Unwrap() Handler method returning what it wraps (NewConsumer
+// follows Unwrap).
 type Middleware func(Handler) Handler
+
+// Wrap returns h wrapped in mw, mw[0] outermost, in a Handler whose
+// Unwrap method returns h, so that NewConsumer still sees h (see Middleware).
+func Wrap(h Handler, mw ...Middleware) Handler {
+	if len(mw) == 0 || h == nil {
+		return h
+	}
+	w := h
+	for i := len(mw) - 1; i >= 0; i-- {
+		if mw[i] != nil {
+			w = mw[i](w)
+		}
+	}
+	return &wrapped{Handler: w, inner: h}
+}
+
+type wrapped struct {
+	Handler
+	inner Handler
+}
+
+// Unwrap returns the handler the middleware wraps.
+func (w *wrapped) Unwrap() Handler { return w.inner }
+
+// unwrapAll follows Unwrap down to the handler that all the wrapping is
+// around.
+func unwrapAll(h Handler) Handler {
+	for range 1000 { // a bound, in case of a cycle
+		u, ok := h.(interface{ Unwrap() Handler })
+		if !ok {
+			return h
+		}
+		next := u.Unwrap()
+		if next == nil {
+			return h
+		}
+		h = next
+	}
+	return h
+}
 
 // StateFunc is a handler of typed state: state points at the value left by
 // the last committed entry (the zero value at first). Changes to *state are

@@ -146,15 +146,25 @@ func (m *Metrics) Observe(e streamtx.Event) {
 
 // InstrumentHandler returns h timed into streamtx_handler_duration_seconds
 // with the labels stream and group: every call, whether it returns nil, an
-// error or panics (the panic goes on to the consumer).
+// error or panics (the panic goes on to the consumer). The handler it returns
+// unwraps to h, so a Stateful or Keyed h stays visible to the consumer.
 func (m *Metrics) InstrumentHandler(h streamtx.Handler, stream, group string) streamtx.Handler {
-	obs := m.handler.WithLabelValues(labelValue(stream), labelValue(group))
-	return streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
-		start := time.Now()
-		defer func() { obs.Observe(time.Since(start).Seconds()) }()
-		return h.Handle(ctx, msg, tx)
-	})
+	return &timedHandler{h: h, obs: m.handler.WithLabelValues(labelValue(stream), labelValue(group))}
 }
+
+type timedHandler struct {
+	h   streamtx.Handler
+	obs prometheus.Observer
+}
+
+func (t *timedHandler) Handle(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
+	start := time.Now()
+	defer func() { t.obs.Observe(time.Since(start).Seconds()) }()
+	return t.h.Handle(ctx, msg, tx)
+}
+
+// Unwrap returns the instrumented handler.
+func (t *timedHandler) Unwrap() streamtx.Handler { return t.h }
 
 // Middleware returns InstrumentHandler as a streamtx.Middleware.
 func (m *Metrics) Middleware(stream, group string) streamtx.Middleware {
