@@ -27,6 +27,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -241,6 +242,7 @@ type Server struct {
 	port int
 	dir  string
 	args []string // extra arguments given to StartServer
+	tls  *TLS     // non-nil for a server that listens with TLS only (StartTLSServer)
 
 	mu   sync.Mutex
 	proc *process // nil while stopped
@@ -310,7 +312,11 @@ func (s *Server) Pid() int {
 
 // Client returns a client for the server, closed when the test ends.
 func (s *Server) Client(t testing.TB) *redis.Client {
-	rdb := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	opts := &redis.Options{Addr: s.Addr()}
+	if s.tls != nil {
+		opts.TLSConfig = s.tls.ClientConfig()
+	}
+	rdb := redis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
 	return rdb
 }
@@ -394,18 +400,30 @@ func (s *Server) launch() (*process, error) {
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--dir", s.dir, "--appendonly", "no",
 	}
+	var tc *tls.Config
+	if s.tls != nil {
+		args[1] = "0" // no plain TCP
+		args = append(args, s.tls.serverArgs(s.port)...)
+		tc = s.tls.ClientConfig()
+	}
 	if !slices.Contains(s.args, "--save") {
 		args = append(args, "--save", "")
 	}
 	args = append(args, s.args...)
 
-	return startProcess(s.Addr(), filepath.Join(s.dir, "redis.log"), args...)
+	return startProcessTLS(s.Addr(), tc, filepath.Join(s.dir, "redis.log"), args...)
 }
 
 // startProcess starts redis-server with args, logging to logPath, and waits
 // until it answers PING at addr — checking that the answer comes from this
 // process, not from another that took the port first.
 func startProcess(addr, logPath string, args ...string) (*process, error) {
+	return startProcessTLS(addr, nil, logPath, args...)
+}
+
+// startProcessTLS is startProcess for a server that answers at addr with
+// TLS when tc is not nil.
+func startProcessTLS(addr string, tc *tls.Config, logPath string, args ...string) (*process, error) {
 	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -425,9 +443,9 @@ func startProcess(addr, logPath string, args ...string) (*process, error) {
 		close(p.done)
 	}()
 
-	err = waitReady(addr, p.done)
+	err = waitReady(addr, tc, p.done)
 	if err == nil {
-		if pid, perr := serverPid(addr); perr != nil || pid != cmd.Process.Pid {
+		if pid, perr := serverPidTLS(addr, tc); perr != nil || pid != cmd.Process.Pid {
 			err = fmt.Errorf("%w (pid %d answers on its port)", errAddrInUse, pid)
 		}
 	}
@@ -459,10 +477,10 @@ func (p *process) stop() {
 
 // waitReady polls addr with PING until it answers PONG, the process exits
 // (done is closed) or startTimeout passes.
-func waitReady(addr string, done <-chan struct{}) error {
+func waitReady(addr string, tc *tls.Config, done <-chan struct{}) error {
 	deadline := time.Now().Add(startTimeout)
 	for {
-		err := ping(addr)
+		err := pingTLS(addr, tc)
 		if err == nil {
 			return nil
 		}
@@ -480,8 +498,17 @@ func waitReady(addr string, done <-chan struct{}) error {
 
 // ping sends PING to addr over a fresh connection and expects PONG. A server
 // still loading its data answers -LOADING, which is an error here.
-func ping(addr string) error {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
+func ping(addr string) error { return pingTLS(addr, nil) }
+
+// pingTLS is ping over TLS when tc is not nil.
+func pingTLS(addr string, tc *tls.Config) error {
+	var conn net.Conn
+	var err error
+	if tc != nil {
+		conn, err = tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, tc)
+	} else {
+		conn, err = net.DialTimeout("tcp", addr, time.Second)
+	}
 	if err != nil {
 		return err
 	}
