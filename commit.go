@@ -26,6 +26,7 @@ type commitJob struct {
 	done     chan struct{}
 	res      rdb.Result
 	err      error
+	lost     bool // an attempt's reply was lost: it may have applied
 }
 
 // startCommit builds the commit of the handled items and sends it: in its
@@ -71,7 +72,7 @@ func (c *Consumer) startCommit(ctx context.Context, items []item, async bool) *c
 	}
 	run := func() {
 		defer close(j.done)
-		j.res, j.err = c.retryScript(ctx, func(ctx context.Context) (any, error) {
+		j.res, j.err = c.retryScript(ctx, &j.lost, func(ctx context.Context) (any, error) {
 			return rdb.RunCommit(ctx, c.rdb, c.scripts, &j.cm)
 		})
 		j.took = time.Since(j.start)
@@ -104,7 +105,7 @@ func (c *Consumer) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		// Redis refused the script: nothing of it applied. Send it again,
 		// same entries, same delivery counts, until Redis takes it.
 		j.res, j.err = c.untilAccepted(ctx, "commit", ids, j.err, func() (rdb.Result, error) {
-			return c.retryScript(ctx, func(ctx context.Context) (any, error) {
+			return c.retryScript(ctx, &j.lost, func(ctx context.Context) (any, error) {
 				return rdb.RunCommit(ctx, c.rdb, c.scripts, &j.cm)
 			})
 		})
@@ -126,6 +127,14 @@ func (c *Consumer) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		c.report(Event{Kind: EventCommit, IDs: ids, Duration: j.took})
 		return nil, true
 	case rdb.CodeNotOwned:
+		if j.lost && len(j.res.Index) == len(items) && c.acknowledged(ctx, ids) {
+			// Refused as not owned after a lost reply, and every entry is
+			// acknowledged: the attempt whose reply was lost committed.
+			c.states.Committed(j.cm.States, j.cm.Token)
+			c.report(Event{Kind: EventCommit, IDs: ids, Duration: time.Since(j.start)})
+			c.log.Info("streamtx: a commit's reply was lost; its retry found it applied", "entries", len(ids))
+			return nil, true
+		}
 		c.states.Discard()
 		drop := make(map[int]bool, len(j.res.Index))
 		var fenced []string
@@ -170,6 +179,45 @@ func (c *Consumer) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		}
 		return remaining(items, drop), false
 	}
+}
+
+// acknowledged reports whether none of ids is pending in the group any more
+// (false when that cannot be told).
+func (c *Consumer) acknowledged(ctx context.Context, ids []string) bool {
+	lo, hi := ids[0], ids[0]
+	for _, id := range ids {
+		lo, hi = minID(lo, id), maxID(hi, id)
+	}
+	rows, err := c.rdb.XPendingExt(context.WithoutCancel(ctx), &redis.XPendingExtArgs{
+		Stream: c.cfg.Stream, Group: c.cfg.Group, Start: lo, End: hi, Count: int64(len(ids)) + 1000,
+	}).Result()
+	if err != nil {
+		return false
+	}
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	for _, r := range rows {
+		if want[r.ID] {
+			return false
+		}
+	}
+	return len(rows) <= len(ids)+999 // the range was read whole
+}
+
+func minID(a, b string) string {
+	if rdb.IDLess(b, a) {
+		return b
+	}
+	return a
+}
+
+func maxID(a, b string) string {
+	if rdb.IDLess(a, b) {
+		return b
+	}
+	return a
 }
 
 func remaining(items []item, drop map[int]bool) []*Message {
@@ -228,13 +276,15 @@ func (c *Consumer) deadLetter(ctx context.Context, m *Message, cause error) {
 // before they write, so a retry of a script that did run is refused
 // (NOT_OWNED) instead of applied twice.
 func (c *Consumer) runScript(ctx context.Context, s *redis.Script, keys []string, args []any) (rdb.Result, error) {
-	return c.retryScript(ctx, func(ctx context.Context) (any, error) {
+	return c.retryScript(ctx, nil, func(ctx context.Context) (any, error) {
 		return rdb.Run(ctx, c.rdb, s, keys, args...)
 	})
 }
 
-// retryScript calls run, retrying as runScript describes.
-func (c *Consumer) retryScript(ctx context.Context, run func(context.Context) (any, error)) (rdb.Result, error) {
+// retryScript calls run, retrying as runScript describes. It sets *lost
+// (when lost is not nil) if a reply was lost, so that the script may have
+// applied before the attempt that answered.
+func (c *Consumer) retryScript(ctx context.Context, lost *bool, run func(context.Context) (any, error)) (rdb.Result, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.CommitTimeout)
 	defer cancel()
 	for attempt := int64(1); ; attempt++ {
@@ -244,6 +294,9 @@ func (c *Consumer) retryScript(ctx context.Context, run func(context.Context) (a
 		}
 		if !retryable(err) || ctx.Err() != nil {
 			return rdb.Result{}, err
+		}
+		if lost != nil && !refused(err) {
+			*lost = true
 		}
 		c.log.Warn("streamtx: script failed transiently (lost reply, failover or resharding); retrying with the same arguments", "err", err, "attempt", attempt)
 		c.sleep(ctx, backoff(attempt, 10*time.Millisecond, time.Second))

@@ -245,6 +245,9 @@ type Consumer struct {
 
 	running   atomic.Bool
 	readyOnce sync.Once
+	doneOnce  sync.Once
+	done      chan struct{} // closed when the first Run returns
+	runErr    error         // what it returned; read after done
 	ready     chan struct{}
 	health    atomic.Pointer[unhealthy] // nil: healthy (see Health)
 
@@ -318,6 +321,7 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		scripts:    scripts,
 		log:        cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
 		ready:      make(chan struct{}),
+		done:       make(chan struct{}),
 		retries:    make(map[string]time.Time),
 		held:       make(map[string]*heldMsg),
 		ownCursor:  "0",
@@ -334,7 +338,31 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 }
 
 // Ready is closed once Run has created the group and starts consuming.
+//
+// Ready and Done together tell a caller how the first Run went, in one
+// select:
+//
+//	select {
+//	case <-c.Ready(): // consuming
+//	case <-c.Done():  // Run returned before it was ready
+//		return c.Err()
+//	}
 func (c *Consumer) Ready() <-chan struct{} { return c.ready }
+
+// Done is closed when the first Run has returned (whether it was ready or
+// not); Err then says what it returned.
+func (c *Consumer) Done() <-chan struct{} { return c.done }
+
+// Err returns what the first Run returned once Done is closed (nil for a
+// cancelled context), and nil before.
+func (c *Consumer) Err() error {
+	select {
+	case <-c.done:
+		return c.runErr
+	default:
+		return nil
+	}
+}
 
 // DeadLetterStream returns the stream that failed entries are moved to.
 func (c *Consumer) DeadLetterStream() string { return c.dlq }
@@ -408,10 +436,14 @@ func (c *Consumer) route(p *txn.Publish) error {
 // capped at 5s, and make Health return them; Run returns an error only for
 // what retrying cannot fix (the stream key holds another type, or
 // ErrRunning).
-func (c *Consumer) Run(ctx context.Context) error {
+func (c *Consumer) Run(ctx context.Context) (err error) {
 	if !c.running.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
+	defer c.doneOnce.Do(func() {
+		c.runErr = err
+		close(c.done)
+	})
 	defer c.running.Store(false)
 
 	// The handler's context outlives ctx by ShutdownTimeout.
