@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/streamtx/streamtx/internal/rdb"
 )
 
 // RemoveIdleConsumers deletes the consumers of group that have been idle at
@@ -23,7 +21,11 @@ func RemoveIdleConsumers(ctx context.Context, client redis.UniversalClient, stre
 	if err != nil {
 		return nil, fmt.Errorf("streamtx: consumers of %q/%q: %w", stream, group, err)
 	}
-	s := rdb.NewScripts().DelConsumer
+	scripts, err := luaScripts()
+	if err != nil {
+		return nil, err
+	}
+	s := scripts.DelConsumer
 	var removed []string
 	for _, ci := range infos {
 		if ci.Pending > 0 || ci.Idle < idle {

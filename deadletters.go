@@ -121,7 +121,10 @@ func ReplayDeadLetters(ctx context.Context, client redis.UniversalClient, dlq st
 	res := ReplayResult{Replayed: map[string]string{}}
 	all := len(ids) == 0
 	start := "-"
-	scripts := rdb.NewScripts()
+	scripts, err := luaScripts()
+	if err != nil {
+		return res, err
+	}
 	for {
 		var page []DeadLetter
 		if all {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/streamid"
-	"github.com/streamtx/streamtx/lua"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -93,7 +92,11 @@ func NewProducer(client redis.UniversalClient, cfg ProducerConfig) (*Producer, e
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	p := &Producer{rdb: client, cfg: cfg, script: redis.NewScript(lua.Produce), trim: [3]any{"", "=", ""}}
+	scripts, err := luaScripts()
+	if err != nil {
+		return nil, err
+	}
+	p := &Producer{rdb: client, cfg: cfg, script: scripts.Produce, trim: [3]any{"", "=", ""}}
 	if cfg.ApproxTrim {
 		p.trim[1] = "~"
 	}

@@ -18,7 +18,6 @@ import (
 	"github.com/streamtx/streamtx/internal/faultproxy"
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/redistest"
-	"github.com/streamtx/streamtx/lua"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -166,9 +165,9 @@ func TestProducerLostReply(t *testing.T) {
 	t.Parallel()
 	e := newProdEnv(t)
 	ctx := context.Background()
-	sum := sha1.Sum([]byte(lua.Produce))
+	sum := sha1.Sum([]byte(luaSource(t, "produce.lua")))
 	sha := hex.EncodeToString(sum[:])
-	require.Equal(t, sha, e.rdb.ScriptLoad(ctx, lua.Produce).Val(), "EVALSHA hits without a NOSCRIPT round")
+	require.Equal(t, sha, e.rdb.ScriptLoad(ctx, luaSource(t, "produce.lua")).Val(), "EVALSHA hits without a NOSCRIPT round")
 
 	proxy := faultproxy.New(t, redistest.Addr(t))
 	t.Run("caller retries", func(t *testing.T) {

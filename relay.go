@@ -13,7 +13,6 @@ import (
 
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/rdb"
-	"github.com/streamtx/streamtx/lua"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -80,7 +79,11 @@ func NewRelay(client redis.UniversalClient, cfg RelayConfig) (*Consumer, error) 
 	if err != nil {
 		return nil, configErr("Stream", "%v", err)
 	}
-	r := &relay{client: client, outbox: outbox, window: cfg.Window, script: redis.NewScript(lua.Forward)}
+	scripts, err := luaScripts()
+	if err != nil {
+		return nil, err
+	}
+	r := &relay{client: client, outbox: outbox, window: cfg.Window, script: scripts.Forward}
 	return NewConsumer(client, Config{
 		Stream:        outbox,
 		Group:         RelayGroup,

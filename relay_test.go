@@ -13,7 +13,6 @@ import (
 	"github.com/streamtx/streamtx"
 	"github.com/streamtx/streamtx/internal/faultproxy"
 	"github.com/streamtx/streamtx/internal/keys"
-	"github.com/streamtx/streamtx/lua"
 )
 
 // Cross-slot publishes go through the outbox and a relay that is stopped,
@@ -34,8 +33,8 @@ func TestRelayForwardsCrossSlotPublishesExactlyOnce(t *testing.T) {
 	run(t, c)
 
 	proxy := faultproxy.New(t, e.rdb.Options().Addr)
-	sum := sha1.Sum([]byte(lua.Forward))
-	require.NoError(t, e.rdb.ScriptLoad(ctx, lua.Forward).Err())
+	sum := sha1.Sum([]byte(luaSource(t, "forward.lua")))
+	require.NoError(t, e.rdb.ScriptLoad(ctx, luaSource(t, "forward.lua")).Err())
 	proxy.DropReply(hex.EncodeToString(sum[:]), 5)
 	client := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: -1})
 	t.Cleanup(func() { client.Close() })

@@ -11,7 +11,6 @@ import (
 
 	"github.com/streamtx/streamtx/internal/rdb"
 	"github.com/streamtx/streamtx/internal/streamid"
-	"github.com/streamtx/streamtx/lua"
 )
 
 // ErrNoGroups is returned by TrimSafe for a stream without consumer groups.
@@ -60,8 +59,6 @@ type TrimResult struct {
 	LimitedByAge bool // Point is below SafePoint because of KeepMinAge or KeepFrom
 	DryRun       bool
 }
-
-var trimScript = redis.NewScript(lua.Trim)
 
 // Codes of trim.lua (see its header).
 const (
@@ -118,7 +115,11 @@ func TrimSafe(ctx context.Context, client redis.UniversalClient, stream string, 
 	if opts.DryRun {
 		dry = "1"
 	}
-	reply, err := trimScript.Run(ctx, client, []string{stream}, cutoff, dry).Result()
+	scripts, err := luaScripts()
+	if err != nil {
+		return TrimResult{}, err
+	}
+	reply, err := scripts.Trim.Run(ctx, client, []string{stream}, cutoff, dry).Result()
 	if err != nil {
 		return TrimResult{}, fmt.Errorf("streamtx: trim %q: %w", stream, err)
 	}

@@ -150,7 +150,7 @@ func benchSetup(b *testing.B) (context.Context, *redis.Client, string, string, k
 
 func benchCommitScript(b *testing.B, batch, nStates int) {
 	ctx, client, src, out, space := benchSetup(b)
-	scripts := rdb.NewScripts()
+	scripts := scriptsFromDisk(b)
 	if err := scripts.Commit.Load(ctx, client).Err(); err != nil {
 		b.Fatal(err)
 	}

@@ -9,13 +9,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"slices"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/streamid"
-	"github.com/streamtx/streamtx/lua"
 	"github.com/streamtx/streamtx/state"
 	"github.com/streamtx/streamtx/txn"
 )
@@ -31,24 +31,49 @@ const (
 
 // Scripts holds the scripts, each wrapped once.
 type Scripts struct {
-	Commit      *redis.Script
-	Claim       *redis.Script
-	DeadLetter  *redis.Script
-	Replay      *redis.Script
-	DelConsumer *redis.Script
-	Suspect     *redis.Script
+	Commit      *redis.Script // commit.lua
+	Claim       *redis.Script // claim.lua
+	DeadLetter  *redis.Script // deadletter.lua
+	Replay      *redis.Script // replay.lua
+	DelConsumer *redis.Script // delconsumer.lua
+	Suspect     *redis.Script // suspect.lua
+	Produce     *redis.Script // produce.lua
+	Forward     *redis.Script // forward.lua
+	Trim        *redis.Script // trim.lua
+
+	commitSrc string // for EVAL when the server does not know the script
 }
 
-// NewScripts wraps the embedded scripts.
-func NewScripts() *Scripts {
-	return &Scripts{
-		Commit:      redis.NewScript(lua.Commit),
-		Claim:       redis.NewScript(lua.Claim),
-		DeadLetter:  redis.NewScript(lua.DeadLetter),
-		Replay:      redis.NewScript(lua.Replay),
-		DelConsumer: redis.NewScript(lua.DelConsumer),
-		Suspect:     redis.NewScript(lua.Suspect),
+// NewScripts wraps the scripts of fsys, which holds the files of lua/ at its
+// root: the root package passes its embedded copy, tests read ../../lua.
+// The sources are not API: each script's header (KEYS, ARGV, return codes)
+// is the contract with this package.
+func NewScripts(fsys fs.FS) (*Scripts, error) {
+	s := &Scripts{}
+	for _, f := range []struct {
+		name string
+		dst  **redis.Script
+	}{
+		{"commit.lua", &s.Commit},
+		{"claim.lua", &s.Claim},
+		{"deadletter.lua", &s.DeadLetter},
+		{"replay.lua", &s.Replay},
+		{"delconsumer.lua", &s.DelConsumer},
+		{"suspect.lua", &s.Suspect},
+		{"produce.lua", &s.Produce},
+		{"forward.lua", &s.Forward},
+		{"trim.lua", &s.Trim},
+	} {
+		b, err := fs.ReadFile(fsys, f.name)
+		if err != nil {
+			return nil, fmt.Errorf("rdb: script %s: %w", f.name, err)
+		}
+		*f.dst = redis.NewScript(string(b))
+		if f.name == "commit.lua" {
+			s.commitSrc = string(b)
+		}
 	}
+	return s, nil
 }
 
 // Entry is one claimed stream entry.
@@ -229,7 +254,7 @@ func RunCommit(ctx context.Context, client Doer, s *Scripts, c *Commit) (any, er
 	}
 	reply, err := client.Do(ctx, cmd...).Result()
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		cmd[0], cmd[1] = "eval", lua.Commit
+		cmd[0], cmd[1] = "eval", s.commitSrc
 		reply, err = client.Do(ctx, cmd...).Result()
 	}
 	return reply, err

@@ -2,6 +2,7 @@ package rdb_test
 
 import (
 	"context"
+	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -19,6 +20,19 @@ import (
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
+
+// scriptsFromDisk wraps the scripts of lua/, which the root package embeds.
+func scriptsFromDisk(tb testing.TB) *rdb.Scripts {
+	tb.Helper()
+	s, err := rdb.NewScripts(os.DirFS("../../lua"))
+	require.NoError(tb, err)
+	return s
+}
+
+func TestNewScriptsRefusesAMissingScript(t *testing.T) {
+	_, err := rdb.NewScripts(os.DirFS(t.TempDir()))
+	require.ErrorContains(t, err, "commit.lua")
+}
 
 const group = "g"
 
@@ -40,7 +54,7 @@ func newEnv(t *testing.T) *env {
 	stream := prefix + "src"
 	space, err := keys.NewSpace(stream, group)
 	require.NoError(t, err)
-	e := &env{t: t, ctx: context.Background(), rdb: c, scripts: rdb.NewScripts(),
+	e := &env{t: t, ctx: context.Background(), rdb: c, scripts: scriptsFromDisk(t),
 		prefix: prefix, stream: stream, space: space}
 	require.NoError(t, c.XGroupCreateMkStream(e.ctx, stream, group, "$").Err())
 	return e
@@ -302,7 +316,7 @@ func TestRunCommitLoadsScript(t *testing.T) {
 	require.NoError(t, client.XReadGroup(ctx, &redis.XReadGroupArgs{Group: group, Consumer: "c1",
 		Streams: []string{"src", ">"}, Count: 1, Block: -1}).Err())
 
-	scripts := rdb.NewScripts()
+	scripts := scriptsFromDisk(t)
 	exists, err := client.ScriptExists(ctx, scripts.Commit.Hash()).Result()
 	require.NoError(t, err)
 	require.Equal(t, []bool{false}, exists)
