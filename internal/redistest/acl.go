@@ -134,7 +134,8 @@ func CreateACLUserRules(t testing.TB, admin redis.UniversalClient, name string, 
 	t.Helper()
 	var b [8]byte
 	rand.Read(b[:])
-	user = "stx-" + name + "-" + sanitize(t.Name()) + "-" + hex.EncodeToString(b[:4])
+	// No "/": the name goes into redis:// URLs.
+	user = "stx-" + name + "-" + strings.ReplaceAll(sanitize(t.Name()), "/", ".") + "-" + hex.EncodeToString(b[:4])
 	password = hex.EncodeToString(b[4:]) + "-pw"
 	args := []any{"ACL", "SETUSER", user}
 	for _, r := range rules {
