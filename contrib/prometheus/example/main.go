@@ -21,7 +21,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -30,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/streamtx/streamtx"
 	stxprom "github.com/streamtx/streamtx/contrib/prometheus"
@@ -53,8 +53,6 @@ func run(addr string, runFor time.Duration) error {
 		ctx, cancel = context.WithTimeout(ctx, runFor)
 		defer cancel()
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 
 	rdb, stream, closeRedis, err := connect()
 	if err != nil {
@@ -98,36 +96,24 @@ func run(addr string, runFor time.Duration) error {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	fmt.Printf("serving metrics on http://%s/metrics\n", ln.Addr())
 
-	errc := make(chan error, 3)
-	go func() { errc <- c.Run(ctx) }()
-	go func() { errc <- produce(ctx, p, stream) }()
-	go func() {
+	// Run until interrupted, or until one part fails: the group's context
+	// then ends, which stops the others.
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.Run(gctx) })
+	g.Go(func() error { return produce(gctx, p, stream) })
+	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			errc <- err
-			return
+			return err
 		}
-		errc <- nil
-	}()
-
-	// Run until interrupted, or until one part fails; then stop the others.
-	running := 3
-	var errs []error
-	select {
-	case err := <-errc:
-		running--
-		errs = append(errs, err)
-	case <-ctx.Done():
-	}
-	cancel()
-	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
-	defer done()
-	if err := srv.Shutdown(shutdown); err != nil {
-		errs = append(errs, err)
-	}
-	for ; running > 0; running-- {
-		errs = append(errs, <-errc)
-	}
-	return errors.Join(errs...)
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		shutdown, done := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
+		defer done()
+		return srv.Shutdown(shutdown)
+	})
+	return g.Wait()
 }
 
 // produce publishes an order every 100ms, with an idempotency key per order,
@@ -153,40 +139,26 @@ func produce(ctx context.Context, p *streamtx.Producer, stream string) error {
 }
 
 // groupStats reads the lag and pending entries of the stream's groups with
-// XINFO GROUPS and XPENDING. A service on streamtx would rather call
-// streamtx.Inspect (see the package documentation).
+// streamtx.Inspect. A stream not created yet has no groups to report.
 func groupStats(rdb redis.UniversalClient, stream string) stxprom.StatsFunc {
 	return func(ctx context.Context) ([]stxprom.GroupStats, error) {
-		groups, err := rdb.XInfoGroups(ctx, stream).Result()
+		info, err := streamtx.Inspect(ctx, rdb, stream)
+		if errors.Is(err, streamtx.ErrStreamNotFound) {
+			return nil, nil
+		}
 		if err != nil {
 			return nil, err
 		}
-		out := make([]stxprom.GroupStats, 0, len(groups))
-		for _, g := range groups {
-			s := stxprom.GroupStats{Stream: stream, Group: g.Name, Lag: max(g.Lag, 0), Pending: g.Pending}
-			if g.Pending > 0 {
-				p, err := rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: g.Name, Start: "-", End: "+", Count: 1}).Result()
-				if err != nil {
-					return nil, err
-				}
-				if len(p) == 1 {
-					s.OldestPendingAge = idAge(p[0].ID)
-				}
+		out := make([]stxprom.GroupStats, 0, len(info.Groups))
+		for _, g := range info.Groups {
+			s := stxprom.GroupStats{Stream: stream, Group: g.Name, Lag: g.Lag, Pending: g.Pending}
+			if g.OldestPending != nil {
+				s.OldestPendingAge = g.OldestPending.Age
 			}
 			out = append(out, s)
 		}
 		return out, nil
 	}
-}
-
-// idAge is the time since the entry with the given ID was added.
-func idAge(id string) time.Duration {
-	ms, _, _ := strings.Cut(id, "-")
-	n, err := strconv.ParseInt(ms, 10, 64)
-	if err != nil {
-		return 0
-	}
-	return max(time.Since(time.UnixMilli(n)), 0)
 }
 
 // connect returns a client for REDIS_ADDR, or for an embedded miniredis, and
