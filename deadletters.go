@@ -41,7 +41,7 @@ func DeadLetterStreamFor(stream, group string) (string, error) {
 // ListDeadLetters returns up to count dead letters of dlq from start ("-" or
 // "" for the beginning), oldest first, and the start of the next page ("" at
 // the end). count <= 0 means 100.
-func ListDeadLetters(ctx context.Context, client redis.Cmdable, dlq, start string, count int64) ([]DeadLetter, string, error) {
+func ListDeadLetters(ctx context.Context, client redis.UniversalClient, dlq, start string, count int64) ([]DeadLetter, string, error) {
 	if count <= 0 {
 		count = 100
 	}
@@ -200,7 +200,7 @@ func parseReplay(v any, res *ReplayResult) error {
 // PurgeDeadLetters deletes the dead letters with the given IDs, or every
 // dead letter when ids is empty (the stream itself is kept). It returns how
 // many were deleted.
-func PurgeDeadLetters(ctx context.Context, client redis.Cmdable, dlq string, ids ...string) (int64, error) {
+func PurgeDeadLetters(ctx context.Context, client redis.UniversalClient, dlq string, ids ...string) (int64, error) {
 	var n int64
 	var err error
 	if len(ids) == 0 {
