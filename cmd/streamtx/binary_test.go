@@ -36,6 +36,9 @@ func TestBinary(t *testing.T) {
 	require.NoError(t, err, "go build: %s", out)
 
 	env := append(os.Environ(), "REDIS_URL="+f.url)
+	for k, v := range f.env {
+		env = append(env, k+"="+v)
+	}
 	cmd := func(args ...string) (stdout, stderr string, code int) {
 		t.Helper()
 		c := exec.Command(bin, args...)

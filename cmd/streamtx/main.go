@@ -23,7 +23,12 @@
 // Flags may come before or after the arguments. --redis (default: the
 // REDIS_URL environment variable, else redis://127.0.0.1:6379) takes a URL
 // as go-redis's ParseURL reads it: redis://[user:password@]host:port/db, or
-// rediss:// for TLS. The dlq commands accept --dlq KEY for a consumer
+// rediss:// for TLS. With rediss://, --tls-ca FILE (default $REDIS_TLS_CA)
+// verifies the server against that CA certificate (PEM) instead of the
+// system's roots, and --tls-cert FILE --tls-key FILE (defaults
+// $REDIS_TLS_CERT, $REDIS_TLS_KEY) present a client certificate, for a
+// server with tls-auth-clients yes; the environment's defaults are ignored
+// with redis://. The dlq commands accept --dlq KEY for a consumer
 // configured with its own Config.DeadLetterStream.
 //
 // # Exit status
@@ -37,6 +42,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -77,8 +84,14 @@ Commands:
       this text, or a command's flags
 
 Global flags (also accepted after the command):
-  --redis URL   Redis to use; default $REDIS_URL, else ` + defaultRedisURL + `
-                (redis://[user:password@]host:port/db, rediss:// for TLS)
+  --redis URL       Redis to use; default $REDIS_URL, else ` + defaultRedisURL + `
+                    (redis://[user:password@]host:port/db, rediss:// for TLS)
+  --tls-ca FILE     with rediss://: verify the server against this CA
+                    certificate (PEM); default $REDIS_TLS_CA, else the
+                    system's roots
+  --tls-cert FILE   with rediss://: present this client certificate (PEM)
+  --tls-key FILE    and its key, for mutual TLS; default $REDIS_TLS_CERT
+                    and $REDIS_TLS_KEY
 
 Durations are Go durations: 500ms, 30s, 5m, 1h30m.
 
@@ -130,6 +143,9 @@ type cli struct {
 	stdout, stderr io.Writer
 	env            func(string) string
 	redisURL       string
+	tlsCA          fileFlag // --tls-ca
+	tlsCert        fileFlag // --tls-cert
+	tlsKey         fileFlag // --tls-key
 	rdb            *redis.Client
 }
 
@@ -220,6 +236,39 @@ func (c *cli) addRedisFlag(fs *flag.FlagSet) {
 		def = defaultRedisURL
 	}
 	fs.StringVar(&c.redisURL, "redis", def, "Redis `URL` (redis://[user:password@]host:port/db; rediss:// for TLS)")
+	for _, f := range []struct {
+		v         *fileFlag
+		name, env string
+		usage     string
+	}{
+		{&c.tlsCA, "tls-ca", "REDIS_TLS_CA", "with rediss://, verify the server against this CA certificate `FILE` (PEM) instead of the system's roots"},
+		{&c.tlsCert, "tls-cert", "REDIS_TLS_CERT", "with rediss://, present this client certificate `FILE` (PEM); needs --tls-key"},
+		{&c.tlsKey, "tls-key", "REDIS_TLS_KEY", "the private key `FILE` (PEM) of --tls-cert"},
+	} {
+		if !f.v.set && f.v.path == "" {
+			f.v.path = c.env(f.env)
+		}
+		fs.Var(f.v, f.name, f.usage)
+	}
+}
+
+// fileFlag is a file name flag that remembers whether the command line set
+// it (not only its environment variable).
+type fileFlag struct {
+	path string
+	set  bool
+}
+
+func (f *fileFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	return f.path
+}
+
+func (f *fileFlag) Set(s string) error {
+	f.path, f.set = s, true
+	return nil
 }
 
 // client returns the Redis client for --redis, created on first use.
@@ -231,8 +280,47 @@ func (c *cli) client() (*redis.Client, error) {
 	if err != nil {
 		return nil, usagef("--redis %q: %v", redactURL(c.redisURL), err)
 	}
+	if err := c.setupTLS(opts); err != nil {
+		return nil, err
+	}
 	c.rdb = redis.NewClient(opts)
 	return c.rdb, nil
+}
+
+// setupTLS applies --tls-ca, --tls-cert and --tls-key to the options of a
+// rediss:// URL.
+func (c *cli) setupTLS(opts *redis.Options) error {
+	ca, cert, key := c.tlsCA.path, c.tlsCert.path, c.tlsKey.path
+	if opts.TLSConfig == nil {
+		// The environment's defaults do not apply to redis://; flags are
+		// a mistake.
+		if c.tlsCA.set || c.tlsCert.set || c.tlsKey.set {
+			return usagef("--tls-ca, --tls-cert and --tls-key need a rediss:// URL, not %q", redactURL(c.redisURL))
+		}
+		return nil
+	}
+	if (cert == "") != (key == "") {
+		return usagef("--tls-cert and --tls-key go together")
+	}
+	if ca != "" {
+		b, err := os.ReadFile(ca)
+		if err != nil {
+			return fmt.Errorf("--tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return fmt.Errorf("--tls-ca %s: no PEM certificate in it", ca)
+		}
+		opts.TLSConfig.RootCAs = pool
+	}
+	if cert != "" {
+		cert, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return fmt.Errorf("--tls-cert, --tls-key: %w", err)
+		}
+		opts.TLSConfig.Certificates = []tls.Certificate{cert}
+	}
+	return nil
 }
 
 // redactURL hides the password of a Redis URL for error messages.

@@ -32,10 +32,27 @@ type fixture struct {
 	rdb *redis.Client
 	p   string
 	url string
+	env map[string]string // more of the command's environment (REDIS_TLS_CA…)
 }
+
+// fixtureVariants maps the name of a test that runs the tests of this file
+// again under another server or user (acl_tls_test.go) to the function that
+// makes their fixtures; newFixture uses it for every test below that name.
+var fixtureVariants sync.Map // test name -> func(*testing.T) *fixture
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	var variant func(*testing.T) *fixture
+	fixtureVariants.Range(func(name, mk any) bool {
+		if strings.HasPrefix(t.Name(), name.(string)+"/") {
+			variant = mk.(func(*testing.T) *fixture)
+			return false
+		}
+		return true
+	})
+	if variant != nil {
+		return variant(t)
+	}
 	rdb := redistest.Client(t)
 	return &fixture{t: t, ctx: context.Background(), rdb: rdb, p: redistest.Prefix(t, rdb),
 		url: "redis://" + redistest.Addr(t)}
@@ -51,13 +68,16 @@ type result struct {
 func (f *fixture) run(args ...string) result {
 	f.t.Helper()
 	var out, errb bytes.Buffer
-	code := run(f.ctx, args, &out, &errb, func(k string) string {
-		if k == "REDIS_URL" {
-			return f.url
-		}
-		return ""
-	})
+	code := run(f.ctx, args, &out, &errb, f.getenv)
 	return result{out.String(), errb.String(), code}
+}
+
+// getenv is the command's environment: REDIS_URL and f.env.
+func (f *fixture) getenv(k string) string {
+	if k == "REDIS_URL" {
+		return f.url
+	}
+	return f.env[k]
 }
 
 // ok runs the command and requires exit status 0.
@@ -326,12 +346,7 @@ func TestInspectWatchStopsOnCancel(t *testing.T) {
 	// Cancel once the second report is out: it repeats, then stops.
 	out := &cancelAfter{marker: "stream         " + s, n: 2, cancel: cancel}
 	var errb bytes.Buffer
-	code := run(ctx, []string{"inspect", s, "--watch", "5ms"}, out, &errb, func(k string) string {
-		if k == "REDIS_URL" {
-			return f.url
-		}
-		return ""
-	})
+	code := run(ctx, []string{"inspect", s, "--watch", "5ms"}, out, &errb, f.getenv)
 	require.Equal(t, 0, code, errb.String())
 	assert.GreaterOrEqual(t, strings.Count(out.String(), "stream         "+s), 2)
 }
