@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/streamtx/streamtx"
@@ -50,18 +51,26 @@ func TestManyConsumersSharedCounterExactlyOnce(t *testing.T) {
 	t.Parallel()
 	const n = 10000
 	e := newEnv(t)
-	src, out := e.key("events"), e.key("counted")
+	src := e.key("events")
 	srcIDs := e.add(src, n, func(i int) map[string]any { return map[string]any{"i": i} })
+	sharedCounterExactlyOnce(e, e.rdb, src, srcIDs)
+}
 
-	h := streamtx.Stateful("counter", func(ctx context.Context, msg *streamtx.Message, s *counter, tx *txn.Tx) error {
-		s.N++
-		return tx.Publish(out, map[string]any{"src": msg.ID, "n": s.N})
-	})
+// sharedCounterExactlyOnce runs four consumers over src, connected with
+// client, sharing one Stateful counter that they publish after every
+// increment, and checks the result with e's client: the published counters
+// are exactly 1..len(srcIDs), and every source entry appears once
+// downstream. The least-privilege and TLS tests run it with their clients.
+func sharedCounterExactlyOnce(e *env, client redis.UniversalClient, src string, srcIDs []string) {
+	t := e.t
+	t.Helper()
+	out := src + ":counted"
+	h := countAndPublish("counter", out)
 	var stops []func()
 	for i := 0; i < 4; i++ {
 		cfg := e.cfg(src, "g", "c"+strconv.Itoa(i))
 		cfg.BatchSize = 10 * (i + 1) // mixed batch sizes contend more
-		c, err := streamtx.NewConsumer(e.rdb, cfg, h)
+		c, err := streamtx.NewConsumer(client, cfg, h)
 		require.NoError(t, err)
 		stops = append(stops, run(t, c))
 	}
@@ -69,26 +78,6 @@ func TestManyConsumersSharedCounterExactlyOnce(t *testing.T) {
 	for _, stop := range stops {
 		stop()
 	}
-
-	got := e.entries(out)
-	require.Len(t, got, n)
-	counters := make(map[int]bool, n)
-	sources := make(map[string]bool, n)
-	for _, m := range got {
-		k := atoi(t, m.Values["n"].(string))
-		require.False(t, counters[k], "counter %d published twice", k)
-		counters[k] = true
-		s := m.Values["src"].(string)
-		require.False(t, sources[s], "source %s published twice", s)
-		sources[s] = true
-	}
-	for i := 1; i <= n; i++ {
-		require.True(t, counters[i], "counter %d missing", i)
-	}
-	for _, id := range srcIDs {
-		require.True(t, sources[id], "source %s missing downstream", id)
-	}
-	snap, err := streamtx.ReadState[counter](context.Background(), e.rdb, src, "g", "counter")
-	require.NoError(t, err)
-	require.Equal(t, n, snap.Value.N)
+	e.requireExactlyOnce(out, srcIDs)
+	require.Equal(t, len(srcIDs), e.counterState(src, "g", "counter").Value.N)
 }
