@@ -13,7 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/rdb"
-	"github.com/streamtx/streamtx/txn"
+	"github.com/streamtx/streamtx/internal/txnengine"
 )
 
 // commitJob is one commit script call, run in its own goroutine.
@@ -49,7 +49,7 @@ func (c *Consumer) startCommit(ctx context.Context, items []item, async bool) *c
 	for _, it := range items {
 		np += len(it.tx.Publishes())
 	}
-	j.cm.Publishes = make([]txn.Publish, 0, np)
+	j.cm.Publishes = make([]txnengine.Publish, 0, np)
 	j.pubOwner = make([]int, 0, np)
 	for i, it := range items {
 		j.cm.IDs = append(j.cm.IDs, it.msg.ID)

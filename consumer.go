@@ -18,7 +18,9 @@ import (
 
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/rdb"
+	"github.com/streamtx/streamtx/internal/record"
 	"github.com/streamtx/streamtx/internal/streamid"
+	"github.com/streamtx/streamtx/internal/txnengine"
 	"github.com/streamtx/streamtx/state"
 	"github.com/streamtx/streamtx/txn"
 )
@@ -239,8 +241,8 @@ type Consumer struct {
 	slots   sync.Map // publish target -> slot
 	nslots  atomic.Int64
 	scripts *rdb.Scripts
-	states  *txn.States
-	env     *txn.Env
+	states  *txnengine.States
+	env     *txnengine.Env
 	log     *slog.Logger
 
 	running   atomic.Bool
@@ -327,9 +329,9 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		ownCursor:  "0",
 		idleCursor: "0-0",
 	}
-	c.states = txn.NewStates(c.loadState, c.stateKey, cfg.StateCacheSize)
+	c.states = txnengine.NewStates(c.loadState, c.stateKey, cfg.StateCacheSize)
 	c.states.DeferEncoding(true)
-	c.env = &txn.Env{
+	c.env = &txnengine.Env{
 		States:            c.states,
 		Route:             c.route,
 		IdempotencyPrefix: cfg.Stream + "/" + cfg.Group + "/",
@@ -374,8 +376,8 @@ func (c *Consumer) stateKey(name, key string, keyed bool) string {
 	return c.space.State(name)
 }
 
-func (c *Consumer) loadState(ctx context.Context, keys []string) ([]txn.Record, error) {
-	recs, err := state.LoadMany(ctx, c.rdb, keys)
+func (c *Consumer) loadState(ctx context.Context, keys []string) ([]record.Record, error) {
+	recs, err := record.LoadMany(ctx, c.rdb, keys)
 	if err != nil && !errors.Is(err, state.ErrCorrupt) {
 		return nil, &storeError{err}
 	}
@@ -397,7 +399,7 @@ func (c *Consumer) slotOf(stream string) int {
 
 // route vets a publish, and sends one for another cluster slot through the
 // outbox when Config.CrossSlot says so.
-func (c *Consumer) route(p *txn.Publish) error {
+func (c *Consumer) route(p *txnengine.Publish) error {
 	if strings.HasPrefix(p.Stream, c.space.Base()) {
 		return fmt.Errorf("%q is one of streamtx's own keys for this group", p.Stream)
 	}
@@ -843,7 +845,7 @@ func (c *Consumer) dueRetries(now time.Time) []string {
 // item is a handled entry with its sealed transaction.
 type item struct {
 	msg *Message
-	tx  *txn.Tx
+	tx  *txnengine.Tx
 }
 
 // process runs the handler on msgs and sends their commit, which runs
@@ -986,10 +988,10 @@ func messagesOf(items []item) []*Message {
 // dead-lettered; the successful ones are returned, in the order of msgs.
 func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 	msgs = unique(msgs)
-	txs := make([]*txn.Tx, len(msgs))
+	txs := make([]*txnengine.Tx, len(msgs))
 	errs := make([]error, len(msgs))
-	if p, ok := c.meta.(interface{ stateRef(*Message) txn.Ref }); ok {
-		refs := make([]txn.Ref, len(msgs))
+	if p, ok := c.meta.(interface{ stateRef(*Message) txnengine.Ref }); ok {
+		refs := make([]txnengine.Ref, len(msgs))
 		for i, m := range msgs {
 			refs[i] = p.stateRef(m)
 		}
@@ -1051,12 +1053,12 @@ func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 
 // handlePass handles msgs[i] for every i in run, in order (in lanes when
 // Parallelism asks for them), into txs[i] and errs[i].
-func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, txs []*txn.Tx, errs []error) {
+func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error) {
 	if c.cfg.Parallelism > 1 && len(run) > 1 {
 		c.handleLanes(hctx, msgs, run, txs, errs)
 		return
 	}
-	all := make([]txn.Tx, len(run)) // one allocation for the pass's transactions
+	all := make([]txnengine.Tx, len(run)) // one allocation for the pass's transactions
 	for k, i := range run {
 		all[k].Reset(c.env, msgs[i].ID, 0)
 		txs[i] = &all[k]
@@ -1068,7 +1070,7 @@ func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, 
 }
 
 // handleOne runs the handler in tx and seals it, or rolls it back.
-func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txn.Tx) error {
+func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txnengine.Tx) error {
 	if g, ok := m.Values[replayGroupField]; ok && g != c.cfg.Group {
 		// Replayed for another group: acknowledge, do not handle.
 		return nil
@@ -1085,7 +1087,7 @@ func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txn.Tx) error
 
 // handleLanes handles the msgs run names in Parallelism lanes by partition key, each lane
 // in order, and waits for all of them.
-func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int, txs []*txn.Tx, errs []error) {
+func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error) {
 	c.states.BeginBatch()
 	n := c.cfg.Parallelism
 	lanes := make([][]int, n)
@@ -1104,7 +1106,7 @@ func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int,
 		go func() {
 			defer wg.Done()
 			for _, i := range idx {
-				txs[i] = txn.NewInLane(c.env, msgs[i].ID, l+1)
+				txs[i] = txnengine.NewInLane(c.env, msgs[i].ID, l+1)
 				errs[i] = c.handleOne(hctx, msgs[i], txs[i])
 				if errs[i] != nil && c.states.NeedsRestore() {
 					return // the rest of the lane would see what the failure left
@@ -1115,13 +1117,13 @@ func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int,
 	wg.Wait()
 }
 
-func (c *Consumer) call(ctx context.Context, m *Message, tx *txn.Tx) (err error) {
+func (c *Consumer) call(ctx context.Context, m *Message, tx *txnengine.Tx) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
 	}()
-	return c.h.Handle(ctx, m, tx)
+	return c.h.Handle(ctx, m, (*txn.Tx)(tx))
 }
 
 // failed decides what happens to an entry whose handler failed: retry after

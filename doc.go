@@ -13,10 +13,40 @@
 //
 // A Handler is any type with Handle(ctx, msg, tx). HandlerFunc adapts a
 // function. Stateful gives the handler one typed value per (stream, group,
-// name); Keyed gives one per entity key taken from the entry. State is
-// encoded with msgpack (never a format that can run code) and versioned: a
-// commit only succeeds if every record it writes still has the version the
-// handler read, so consumers sharing a record never lose an update.
+// name); Keyed gives one per entity key taken from the entry.
+//
+// A handler that needs several state records declares each once with
+// txn.NewState and reads it through its transaction: Get for the one value
+// of (stream, group, name), GetKey for one value per entity key. The values
+// are pointers; change them in place, and every record the handler touched
+// commits with the entry, together and once:
+//
+//	var totals = txn.NewState[Totals]("totals")
+//	var stock = txn.NewState[Stock]("stock").WithCodec(state.JSON[Stock]())
+//
+//	h := streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
+//		t, err := totals.Get(ctx, tx)
+//		if err != nil {
+//			return err
+//		}
+//		s, err := stock.GetKey(ctx, tx, msg.Values["sku"])
+//		if err != nil {
+//			return err
+//		}
+//		t.Orders++
+//		s.Left--
+//		return nil
+//	})
+//
+// State is encoded with a codec of package state: state.Msgpack by default
+// (lengths checked against the input before decoding, never a format that
+// can run code), state.JSON when the records should be readable by other
+// tools, or your own state.Codec. A type the codec cannot store faithfully
+// (an unexported field) is refused: by NewConsumer for Stateful and Keyed,
+// by the first Get for a State, as an error naming the field. Records are
+// versioned: a commit only succeeds if every record it writes still has the
+// version the handler read, so consumers sharing a record never lose an
+// update.
 //
 // # The commit
 //

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/streamtx/streamtx/state"
+	"github.com/streamtx/streamtx/internal/msgp"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -147,7 +147,7 @@ func (e Envelope[T]) envelopeFields(clock func() time.Time) (map[string]any, str
 	var err error
 	switch ct {
 	case ContentTypeMsgpack:
-		data, err = state.Encode(&e.Data)
+		data, err = msgp.Encode(&e.Data)
 	case ContentTypeJSON:
 		data, err = json.Marshal(e.Data)
 	default:
@@ -299,7 +299,7 @@ func decode[T any](msg *Message, opts []DecodeOption) (Envelope[T], error) {
 	}
 	switch ct := e.DataContentType; {
 	case ct == ContentTypeMsgpack:
-		p, err := state.Decode[T]([]byte(data))
+		p, err := msgp.Decode[T]([]byte(data))
 		if err != nil {
 			return e, fmt.Errorf("%w: data of %q: %w", ErrBadEnvelope, truncate(e.Type), err)
 		}

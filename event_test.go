@@ -12,7 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/streamtx/streamtx"
-	"github.com/streamtx/streamtx/state"
+	"github.com/streamtx/streamtx/internal/msgp"
+	"github.com/streamtx/streamtx/internal/txnengine"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -32,7 +33,7 @@ type evLine struct {
 // the consumer would deliver them, going through tx.Publish's formatting.
 func evValues(t testing.TB, fields map[string]any) map[string]string {
 	t.Helper()
-	tx := txn.New(nil, "1-1")
+	tx := txnengine.New(nil, "1-1")
 	require.NoError(t, tx.Publish("s", fields))
 	return evPairs(tx.Publishes()[0].Fields)
 }
@@ -90,7 +91,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 			if wantCT == streamtx.ContentTypeJSON {
 				assert.JSONEq(t, `{"Order":"42","Amount":1999,"Lines":[{"SKU":"A-1","Qty":2},{"SKU":"B-2","Qty":1}],"Tags":{"channel":"web"}}`, values["data"])
 			} else {
-				p, err := state.Decode[evOrder]([]byte(values["data"]))
+				p, err := msgp.Decode[evOrder]([]byte(values["data"]))
 				require.NoError(t, err)
 				assert.Equal(t, in.Data, *p)
 			}
@@ -153,8 +154,8 @@ func TestEnvelopeFieldsRefuses(t *testing.T) {
 			require.ErrorIs(t, err, tt.want)
 			assert.Contains(t, err.Error(), tt.msg)
 
-			tx := txn.New(nil, "1-1")
-			err = streamtx.PublishEnvelope(tx, "out", e)
+			tx := txnengine.New(nil, "1-1")
+			err = streamtx.PublishEnvelope((*txn.Tx)(tx), "out", e)
 			require.ErrorIs(t, err, tt.want)
 			require.ErrorIs(t, err, txn.ErrBadPublish, "the consumer treats it as permanent")
 			assert.Empty(t, tx.Publishes())
@@ -164,9 +165,9 @@ func TestEnvelopeFieldsRefuses(t *testing.T) {
 
 func TestPublishEnvelopeBuffersInTx(t *testing.T) {
 	t.Parallel()
-	tx := txn.New(nil, "1-1")
+	tx := txnengine.New(nil, "1-1")
 	e := evSample()
-	require.NoError(t, streamtx.PublishEnvelope(tx, "out", e))
+	require.NoError(t, streamtx.PublishEnvelope((*txn.Tx)(tx), "out", e))
 	pubs := tx.Publishes()
 	require.Len(t, pubs, 1)
 	assert.Equal(t, "out", pubs[0].Stream)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/streamtx/streamtx"
-	"github.com/streamtx/streamtx/txn"
 )
 
 type OrderPlaced struct {
@@ -13,28 +12,32 @@ type OrderPlaced struct {
 	Amount int
 }
 
-// A handler publishes a typed event with PublishEnvelope; a reader decodes
-// it with Decode, which marks every failure Permanent so that the consumer
-// dead-letters the entry instead of retrying it.
+// A handler publishes a typed event with PublishEnvelope (tx.Publish of
+// the envelope's Fields); a reader decodes it with Decode, which marks every
+// failure Permanent so that the consumer dead-letters the entry instead of
+// retrying it.
 func ExampleDecode() {
-	tx := txn.New(nil, "1-0") // in a handler, the consumer passes tx
-	err := streamtx.PublishEnvelope(tx, "orders.placed", streamtx.Envelope[OrderPlaced]{
+	fields, err := streamtx.Envelope[OrderPlaced]{
 		ID:     "order-42",
 		Type:   "com.example.order.placed",
 		Source: "/shop",
 		Data:   OrderPlaced{Order: "42", Amount: 1999},
-	})
+	}.Fields() // in a handler: streamtx.PublishEnvelope(tx, "orders.placed", envelope)
 	if err != nil {
 		panic(err)
 	}
 
-	// What the reader's handler receives: the entry's fields.
-	pub := tx.Publishes()[0]
+	// What the reader's handler receives: the entry's fields, as Redis
+	// stores them (byte strings).
 	values := map[string]string{}
-	for i := 0; i < len(pub.Fields); i += 2 {
-		values[pub.Fields[i]] = pub.Fields[i+1]
+	for k, v := range fields {
+		if b, ok := v.([]byte); ok {
+			values[k] = string(b)
+		} else {
+			values[k] = fmt.Sprint(v)
+		}
 	}
-	msg := &streamtx.Message{Stream: pub.Stream, ID: "1700000000000-0", Values: values}
+	msg := &streamtx.Message{Stream: "orders.placed", ID: "1700000000000-0", Values: values}
 
 	e, err := streamtx.Decode[OrderPlaced](msg)
 	fmt.Println(e.Type, e.SchemaVersion, e.DataContentType, e.Data, err)

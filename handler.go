@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"reflect"
 	"strconv"
 
+	"github.com/streamtx/streamtx/internal/txnengine"
 	"github.com/streamtx/streamtx/state"
 	"github.com/streamtx/streamtx/txn"
 )
@@ -109,86 +109,57 @@ type StateFunc[S any] func(ctx context.Context, msg *Message, state *S, tx *txn.
 // Consumers of one group share the value: their commits are serialised by
 // the record's version, so concurrent updates are re-run, never lost.
 func Stateful[S any](name string, fn StateFunc[S]) Handler {
-	return &stateHandler[S]{name: name, fn: fn}
+	return &stateHandler[S]{name: name, fn: fn, state: txn.NewState[S](name)}
 }
 
 // Keyed returns a Handler with one state value of type S per (stream, group,
 // name, key(msg)), for example one per SKU. Entries with different keys touch
 // different records, so consumers of one group rarely contend.
 func Keyed[S any](name string, key func(*Message) string, fn StateFunc[S]) Handler {
-	return &stateHandler[S]{name: name, key: key, fn: fn}
+	return &stateHandler[S]{name: name, key: key, fn: fn, state: txn.NewState[S](name)}
 }
 
 type stateHandler[S any] struct {
 	name  string
 	key   func(*Message) string
 	fn    StateFunc[S]
-	codec state.Codec[S]
+	state *txn.State[S]
 }
 
 func (h *stateHandler[S]) Handle(ctx context.Context, msg *Message, tx *txn.Tx) error {
-	var k string
+	var v *S
+	var err error
 	if h.key != nil {
-		k = h.key(msg)
+		v, err = h.state.GetKey(ctx, tx, h.key(msg))
+	} else {
+		v, err = h.state.Get(ctx, tx)
 	}
-	v, err := tx.State(ctx, h.name, k, h.key != nil, h.codec)
 	if err != nil {
 		return err
 	}
-	return h.fn(ctx, msg, v.(*S), tx)
+	return h.fn(ctx, msg, v, tx)
 }
 
 func (h *stateHandler[S]) partitionKey() func(*Message) string { return h.key }
 
 // stateRef names the record Handle will touch, so that a batch's records
 // are loaded in one round trip.
-func (h *stateHandler[S]) stateRef(m *Message) txn.Ref {
+func (h *stateHandler[S]) stateRef(m *Message) txnengine.Ref {
 	if h.key == nil {
-		return txn.Ref{Name: h.name}
+		return txnengine.Ref{Name: h.name}
 	}
-	return txn.Ref{Name: h.name, Key: h.key(m), Keyed: true}
+	return txnengine.Ref{Name: h.name, Key: h.key(m), Keyed: true}
 }
 
 func (h *stateHandler[S]) validate() error {
 	if h.fn == nil {
 		return errors.New("streamtx: Stateful/Keyed " + strconv.Quote(h.name) + ": nil function")
 	}
-	if err := checkStateType(reflect.TypeFor[S](), map[reflect.Type]bool{}); err != nil {
-		return fmt.Errorf("streamtx: Stateful/Keyed %q: state type %v: %w", h.name, reflect.TypeFor[S](), err)
-	}
-	return nil
-}
-
-// checkStateType refuses state types that msgpack cannot store faithfully:
-// an unexported field would silently reset to zero on every reload.
-func checkStateType(t reflect.Type, seen map[reflect.Type]bool) error {
-	if seen[t] {
-		return nil
-	}
-	seen[t] = true
-	switch t.Kind() {
-	case reflect.Pointer, reflect.Slice, reflect.Array:
-		return checkStateType(t.Elem(), seen)
-	case reflect.Map:
-		if err := checkStateType(t.Key(), seen); err != nil {
-			return err
-		}
-		return checkStateType(t.Elem(), seen)
-	case reflect.Func, reflect.Chan, reflect.UnsafePointer:
-		return fmt.Errorf("a %v cannot be stored", t.Kind())
-	case reflect.Struct:
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			if f.Tag.Get("msgpack") == "-" {
-				continue
-			}
-			if !f.IsExported() && !f.Anonymous {
-				return fmt.Errorf("unexported field %s.%s would not be stored (export it or tag it `msgpack:\"-\"`)", t.Name(), f.Name)
-			}
-			if err := checkStateType(f.Type, seen); err != nil {
-				return err
-			}
-		}
+	// The codec refuses a type it cannot store faithfully (an unexported
+	// field would reset to zero at every reload); decoding an absent record
+	// tells.
+	if _, err := state.Msgpack[S]().Decode(nil); err != nil {
+		return fmt.Errorf("streamtx: Stateful/Keyed %q: %w", h.name, err)
 	}
 	return nil
 }

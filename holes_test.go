@@ -21,7 +21,7 @@ import (
 	"github.com/streamtx/streamtx"
 	"github.com/streamtx/streamtx/internal/faultproxy"
 	"github.com/streamtx/streamtx/internal/keys"
-	"github.com/streamtx/streamtx/state"
+	"github.com/streamtx/streamtx/internal/record"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -394,7 +394,7 @@ func TestHole12UndecodableStateIsAnErrorNamingTheKey(t *testing.T) {
 	sp, err := keys.NewSpace(src, "g")
 	require.NoError(t, err)
 	// A msgpack string where a struct is expected, at version 1.
-	require.NoError(t, e.rdb.Set(ctx, sp.State("n"), state.FormatRecord(1, "t", "0-1", []byte("\xa3abc")), 0).Err())
+	require.NoError(t, e.rdb.Set(ctx, sp.State("n"), record.Format(1, "t", "0-1", []byte("\xa3abc")), 0).Err())
 	e.add(src, 1, func(i int) map[string]any { return map[string]any{"i": i} })
 
 	ev := newEvents()
@@ -412,7 +412,7 @@ func TestHole12UndecodableStateIsAnErrorNamingTheKey(t *testing.T) {
 		require.ErrorIs(t, x.Err, txn.ErrStateDecode)
 		require.Contains(t, x.Err.Error(), strconv.Quote(sp.State("n")))
 	}
-	rec, err := state.Load(ctx, e.rdb, sp.State("n"))
+	rec, err := record.Load(ctx, e.rdb, sp.State("n"))
 	require.NoError(t, err)
 	require.Equal(t, "\xa3abc", string(rec.Data), "the record must not be reset")
 	require.Zero(t, e.rdb.XLen(ctx, out).Val())

@@ -10,6 +10,7 @@ import (
 
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/streamid"
+	"github.com/streamtx/streamtx/internal/txnengine"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -154,7 +155,7 @@ func (p *Producer) Publish(ctx context.Context, stream string, values map[string
 }
 
 func (p *Producer) publish(ctx context.Context, stream string, values map[string]any, o publishOptions) (string, error) {
-	tx := txn.New(nil, "")
+	tx := txnengine.New(nil, "")
 	if err := tx.Publish(stream, values); err != nil {
 		return "", fmt.Errorf("streamtx: publish: %w", err)
 	}

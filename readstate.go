@@ -7,7 +7,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/keys"
-	"github.com/streamtx/streamtx/state"
+	"github.com/streamtx/streamtx/internal/msgp"
+	"github.com/streamtx/streamtx/internal/record"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -39,11 +40,11 @@ func ReadKeyedState[S any](ctx context.Context, rdb redis.Cmdable, stream, group
 }
 
 func readState[S any](ctx context.Context, rdb redis.Cmdable, key string) (Snapshot[S], error) {
-	rec, err := state.Load(ctx, rdb, key)
+	rec, err := record.Load(ctx, rdb, key)
 	if err != nil {
 		return Snapshot[S]{Key: key}, fmt.Errorf("streamtx: read state %q: %w", key, err)
 	}
-	v, err := state.Decode[S](rec.Data)
+	v, err := msgp.Decode[S](rec.Data)
 	if err != nil {
 		return Snapshot[S]{Key: key}, fmt.Errorf("%w: key %q (version %d): %w", txn.ErrStateDecode, key, rec.Version, err)
 	}

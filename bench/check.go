@@ -6,7 +6,8 @@ import (
 	"strings"
 
 	"github.com/streamtx/streamtx/internal/keys"
-	"github.com/streamtx/streamtx/state"
+	"github.com/streamtx/streamtx/internal/msgp"
+	"github.com/streamtx/streamtx/internal/record"
 )
 
 // check verifies, after a run, that every entry was acknowledged, that one
@@ -63,13 +64,13 @@ func (b *bench) stateSum(ctx context.Context, src string, keyed bool) (int64, er
 			names = append(names, space.KeyedState(stateName, keyName(i)))
 		}
 	}
-	recs, err := state.LoadMany(ctx, b.rdb, names)
+	recs, err := record.LoadMany(ctx, b.rdb, names)
 	if err != nil {
 		return 0, err
 	}
 	var sum int64
 	for i, rec := range recs {
-		v, err := state.Decode[counter](rec.Data)
+		v, err := msgp.Decode[counter](rec.Data)
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", names[i], err)
 		}

@@ -2,8 +2,9 @@
 --
 -- KEYS[1]              -> source stream
 -- KEYS[2]              -> offsets hash (field = consumer, value = highest committed ID)
--- KEYS[3 .. 2+ns]      -> state records (strings: "<version> <token> <last entry ID>\n"
---                         then the data; see package state)
+-- KEYS[3 .. 2+ns]      -> state records (strings whose layout is Go's alone, see
+--                         internal/record: this script only compares the start
+--                         it is given and SETs the whole record it is given)
 -- KEYS[3+ns .. ]       -> publish target streams
 --
 -- ARGV[1]              -> group

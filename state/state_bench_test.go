@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/streamtx/streamtx/state"
-	"github.com/streamtx/streamtx/txn"
 )
 
 // benchCounter is the smallest useful state: one counter.
@@ -59,70 +58,39 @@ func benchMedium() *benchOrder {
 }
 
 func BenchmarkEncode(b *testing.B) {
-	b.Run("counter", func(b *testing.B) { benchEncode(b, &benchCounter{N: 123456789}) })
-	b.Run("medium", func(b *testing.B) { benchEncode(b, benchMedium()) })
+	b.Run("counter/msgpack", func(b *testing.B) { benchEncode(b, state.Msgpack[benchCounter](), &benchCounter{N: 123456789}) })
+	b.Run("medium/msgpack", func(b *testing.B) { benchEncode(b, state.Msgpack[benchOrder](), benchMedium()) })
+	b.Run("counter/json", func(b *testing.B) { benchEncode(b, state.JSON[benchCounter](), &benchCounter{N: 123456789}) })
+	b.Run("medium/json", func(b *testing.B) { benchEncode(b, state.JSON[benchOrder](), benchMedium()) })
 }
 
 func BenchmarkDecode(b *testing.B) {
-	b.Run("counter", func(b *testing.B) { benchDecode(b, &benchCounter{N: 123456789}) })
-	b.Run("medium", func(b *testing.B) { benchDecode(b, benchMedium()) })
+	b.Run("counter/msgpack", func(b *testing.B) { benchDecode(b, state.Msgpack[benchCounter](), &benchCounter{N: 123456789}) })
+	b.Run("medium/msgpack", func(b *testing.B) { benchDecode(b, state.Msgpack[benchOrder](), benchMedium()) })
+	b.Run("counter/json", func(b *testing.B) { benchDecode(b, state.JSON[benchCounter](), &benchCounter{N: 123456789}) })
+	b.Run("medium/json", func(b *testing.B) { benchDecode(b, state.JSON[benchOrder](), benchMedium()) })
 }
 
-// BenchmarkCodec goes through the txn.Codec interface, as a Stateful
-// handler's state does: one Decode when the record is loaded, one Encode
-// per entry when the transaction is sealed.
-func BenchmarkCodec(b *testing.B) {
-	b.Run("counter/encode", func(b *testing.B) { benchCodecEncode(b, &benchCounter{N: 123456789}) })
-	b.Run("counter/decode", func(b *testing.B) { benchCodecDecode(b, &benchCounter{N: 123456789}) })
-	b.Run("medium/encode", func(b *testing.B) { benchCodecEncode(b, benchMedium()) })
-	b.Run("medium/decode", func(b *testing.B) { benchCodecDecode(b, benchMedium()) })
-}
-
-func benchEncode[S any](b *testing.B, v *S) {
+func benchEncode[S any](b *testing.B, c state.Codec[S], v *S) {
 	b.ReportAllocs()
 	var n int
 	for b.Loop() {
-		p, err := state.Encode(v)
+		p, err := c.Encode(v)
 		if err != nil {
 			b.Fatal(err)
 		}
 		n = len(p)
 	}
-	b.ReportMetric(float64(n), "msgpack-bytes")
+	b.ReportMetric(float64(n), "encoded-bytes")
 }
 
-func benchDecode[S any](b *testing.B, v *S) {
-	p, err := state.Encode(v)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	b.SetBytes(int64(len(p)))
-	for b.Loop() {
-		if _, err := state.Decode[S](p); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-func benchCodecEncode[S any](b *testing.B, v *S) {
-	var c txn.Codec = state.Codec[S]{}
-	var x any = v
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := c.Encode(x); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-func benchCodecDecode[S any](b *testing.B, v *S) {
-	var c txn.Codec = state.Codec[S]{}
+func benchDecode[S any](b *testing.B, c state.Codec[S], v *S) {
 	p, err := c.Encode(v)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
+	b.SetBytes(int64(len(p)))
 	for b.Loop() {
 		if _, err := c.Decode(p); err != nil {
 			b.Fatal(err)

@@ -30,13 +30,13 @@ func TestDecodeRefusesLengthsBeyondInput(t *testing.T) {
 	}
 	for name, in := range tests {
 		t.Run(name, func(t *testing.T) {
-			_, err := state.Decode[withSlice]([]byte(in))
+			_, err := state.Msgpack[withSlice]().Decode([]byte(in))
 			require.Error(t, err)
 		})
 	}
-	ok, err := state.Encode(&withSlice{Items: []int{1, 2, 3}, Names: map[string]string{"a": "b"}})
+	ok, err := state.Msgpack[withSlice]().Encode(&withSlice{Items: []int{1, 2, 3}, Names: map[string]string{"a": "b"}})
 	require.NoError(t, err)
-	v, err := state.Decode[withSlice](ok)
+	v, err := state.Msgpack[withSlice]().Decode(ok)
 	require.NoError(t, err)
 	require.Equal(t, []int{1, 2, 3}, v.Items)
 }

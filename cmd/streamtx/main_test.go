@@ -18,8 +18,8 @@ import (
 
 	"github.com/streamtx/streamtx"
 	"github.com/streamtx/streamtx/internal/keys"
+	"github.com/streamtx/streamtx/internal/record"
 	"github.com/streamtx/streamtx/internal/redistest"
-	"github.com/streamtx/streamtx/state"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -600,7 +600,7 @@ func TestStateCommand(t *testing.T) {
 	}
 	b, err := msgpack.Marshal(odd)
 	require.NoError(t, err)
-	require.NoError(t, f.rdb.Set(f.ctx, sp.State("odd"), state.FormatRecord(7, "t", "9-9", b), 0).Err())
+	require.NoError(t, f.rdb.Set(f.ctx, sp.State("odd"), record.Format(7, "t", "9-9", b), 0).Err())
 	out := f.ok("state", "get", s, "billing", "odd")
 	assert.JSONEq(t, `{"key": "`+jsonEscape(sp.State("odd"))+`", "version": 7, "last_id": "9-9", "value": {
 		"bin": {"$base64": "/wA="}, "text": "hi", "1": "int key", "nan": "NaN",
@@ -608,11 +608,11 @@ func TestStateCommand(t *testing.T) {
 
 	// An unknown extension type is printed, not refused.
 	ext := []byte{0x81, 0xa1, 'x', 0xd4, 0x05, 0x2a} // {"x": fixext1 type 5 data 0x2a}
-	require.NoError(t, f.rdb.Set(f.ctx, sp.State("ext"), state.FormatRecord(1, "t", "1-0", ext), 0).Err())
+	require.NoError(t, f.rdb.Set(f.ctx, sp.State("ext"), record.Format(1, "t", "1-0", ext), 0).Err())
 	assert.Contains(t, f.ok("state", "get", s, "billing", "ext"), `"$ext": 5`)
 
 	// Corrupt data is an error, never a panic.
-	require.NoError(t, f.rdb.Set(f.ctx, sp.State("bad"), state.FormatRecord(1, "t", "1-0", []byte{0xdc, 0xff, 0xff}), 0).Err())
+	require.NoError(t, f.rdb.Set(f.ctx, sp.State("bad"), record.Format(1, "t", "1-0", []byte{0xdc, 0xff, 0xff}), 0).Err())
 	assert.Contains(t, f.fails(1, "state", "get", s, "billing", "bad"), "streamtx: ")
 }
 

@@ -127,7 +127,7 @@ func TestInstrumentHandler(t *testing.T) {
 		return nil
 	})
 	h := m.Middleware("s", "g")(inner)
-	ctx, tx := context.Background(), txn.New(nil, "1-0")
+	ctx, tx := context.Background(), new(txn.Tx) // the middleware only passes it on
 	require.NoError(t, h.Handle(ctx, &streamtx.Message{Values: map[string]string{}}, tx))
 	require.ErrorIs(t, h.Handle(ctx, &streamtx.Message{Values: map[string]string{"do": "fail"}}, tx), boom)
 	require.PanicsWithValue(t, "handler panic", func() {

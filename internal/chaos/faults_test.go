@@ -16,8 +16,8 @@ import (
 
 	"github.com/streamtx/streamtx/internal/faultproxy"
 	"github.com/streamtx/streamtx/internal/keys"
+	"github.com/streamtx/streamtx/internal/record"
 	"github.com/streamtx/streamtx/internal/redistest"
-	"github.com/streamtx/streamtx/state"
 )
 
 // Fault kinds, as named in logs and in the summary line.
@@ -431,7 +431,7 @@ func (in *injector) lastCommitters(ctx context.Context) []laggard {
 		if r.handler == handlerKeyed {
 			key = sp.KeyedState(stateName, k)
 		}
-		rec, err := state.Load(ctx, in.rdb, key)
+		rec, err := record.Load(ctx, in.rdb, key)
 		if err != nil || rec.Version == 0 {
 			continue
 		}
@@ -462,7 +462,7 @@ func (in *injector) releaseLaggard(l laggard) {
 		}
 	}
 	for {
-		rec, err := state.Load(ctx, in.rdb, l.key)
+		rec, err := record.Load(ctx, in.rdb, l.key)
 		v := rec.Version
 		if err == nil && v == l.version {
 			for _, p := range others {
@@ -475,7 +475,7 @@ func (in *injector) releaseLaggard(l laggard) {
 			after := v
 			for time.Since(alone) < 3*time.Second {
 				time.Sleep(2 * time.Millisecond) // polling for the laggard's commit
-				if rec, err = state.Load(ctx, in.rdb, l.key); err == nil && rec.Version != v {
+				if rec, err = record.Load(ctx, in.rdb, l.key); err == nil && rec.Version != v {
 					break
 				}
 			}

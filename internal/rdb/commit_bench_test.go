@@ -9,10 +9,10 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/keys"
+	"github.com/streamtx/streamtx/internal/msgp"
 	"github.com/streamtx/streamtx/internal/rdb"
 	"github.com/streamtx/streamtx/internal/redistest"
-	"github.com/streamtx/streamtx/state"
-	"github.com/streamtx/streamtx/txn"
+	"github.com/streamtx/streamtx/internal/txnengine"
 )
 
 // benchBatch is the number of entries in one benchmarked commit.
@@ -32,12 +32,12 @@ func benchNewCommit(b *testing.B, space keys.Space, out string, ids []string, nS
 	for i, id := range ids {
 		c.IDs = append(c.IDs, id)
 		c.Deliveries = append(c.Deliveries, 1)
-		c.Publishes = append(c.Publishes, txn.Publish{
+		c.Publishes = append(c.Publishes, txnengine.Publish{
 			Stream: out,
 			Fields: []string{"k", "k" + strconv.Itoa(i), "src", id, "v", strconv.Itoa(i)},
 		})
 	}
-	data, err := state.Encode(&benchCounter{N: 123456})
+	data, err := msgp.Encode(&benchCounter{N: 123456})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func benchNewCommit(b *testing.B, space keys.Space, out string, ids []string, nS
 		if nStates > 1 {
 			key = space.KeyedState("count", "k"+strconv.Itoa(i))
 		}
-		c.States = append(c.States, txn.Write{Key: key, Version: version, Token: token, Data: data, LastID: ids[len(ids)-1]})
+		c.States = append(c.States, txnengine.Write{Key: key, Version: version, Token: token, Data: data, LastID: ids[len(ids)-1]})
 	}
 	return c
 }

@@ -15,9 +15,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/streamtx/streamtx/internal/record"
 	"github.com/streamtx/streamtx/internal/streamid"
-	"github.com/streamtx/streamtx/state"
-	"github.com/streamtx/streamtx/txn"
+	"github.com/streamtx/streamtx/internal/txnengine"
 )
 
 // Return codes shared by the scripts (see the headers in lua/).
@@ -89,8 +89,8 @@ type Commit struct {
 	Group, Consumer string
 	IDs             []string
 	Deliveries      []int64
-	States          []txn.Write
-	Publishes       []txn.Publish
+	States          []txnengine.Write
+	Publishes       []txnengine.Publish
 	// Token identifies this commit; it is written into every state record.
 	// Empty: Build draws a random one.
 	Token string
@@ -157,7 +157,7 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 	if c.Token == "" {
 		c.Token = NewToken()
 	}
-	if !state.ValidToken(c.Token) {
+	if !record.ValidToken(c.Token) {
 		return nil, nil, fmt.Errorf("rdb: commit token %q has a space or line break", c.Token)
 	}
 	lo, hi := c.IDs[0], c.IDs[0]
@@ -196,10 +196,10 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 	prefixes := make([]string, len(c.States))
 	ends := make([]int64, len(c.States))
 	for i, w := range c.States {
-		if !state.ValidToken(w.Token) {
+		if !record.ValidToken(w.Token) {
 			return nil, nil, fmt.Errorf("rdb: state %q read with token %q", w.Key, w.Token)
 		}
-		prefixes[i] = state.RecordPrefix(w.Version, w.Token)
+		prefixes[i] = record.Prefix(w.Version, w.Token)
 		ends[i] = int64(len(prefixes[i]) - 1)
 	}
 	ints = append(ints, int64(len(c.IDs)), int64(len(c.States)), int64(nc), int64(ng))
@@ -220,7 +220,7 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 	g := k
 	for i := range c.States {
 		w := &c.States[i]
-		cmd = append(cmd, &prefixes[i], &ends[i], state.FormatRecord(w.Version+1, c.Token, w.LastID, w.Data))
+		cmd = append(cmd, &prefixes[i], &ends[i], record.Format(w.Version+1, c.Token, w.LastID, w.Data))
 	}
 	for i := 0; i < len(c.Publishes); g += 3 {
 		cmd = append(cmd, &ints[g], &ints[g+1], &ints[g+2])

@@ -14,9 +14,10 @@ import (
 
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/rdb"
+	"github.com/streamtx/streamtx/internal/record"
 	"github.com/streamtx/streamtx/internal/redistest"
+	"github.com/streamtx/streamtx/internal/txnengine"
 	"github.com/streamtx/streamtx/state"
-	"github.com/streamtx/streamtx/txn"
 )
 
 func TestMain(m *testing.M) { redistest.Main(m) }
@@ -175,7 +176,7 @@ func (e *env) refuse(c *rdb.Commit, code int, index ...int) {
 
 func (e *env) setState(key string, version int64, data, lastID string) {
 	e.t.Helper()
-	require.NoError(e.t, e.rdb.Set(e.ctx, key, state.FormatRecord(version, "", lastID, []byte(data)), 0).Err())
+	require.NoError(e.t, e.rdb.Set(e.ctx, key, record.Format(version, "", lastID, []byte(data)), 0).Err())
 }
 
 func (e *env) xrange(stream string) []redis.XMessage {
@@ -197,11 +198,11 @@ func TestCommitOK(t *testing.T) {
 	require.NoError(t, e.rdb.HSet(e.ctx, e.space.Offsets(), "c2", "1-0").Err())
 
 	c := e.newCommit("c1", ids[1], ids[0], ids[2]) // not sorted: the offset is the highest
-	c.States = []txn.Write{
+	c.States = []txnengine.Write{
 		{Key: counter, Version: 0, Data: []byte("\x81\xa1N\x03"), LastID: ids[2]},
 		{Key: other, Version: 3, Data: []byte{0, 0xff, 1}, LastID: ids[1]},
 	}
-	c.Publishes = []txn.Publish{
+	c.Publishes = []txnengine.Publish{
 		{Stream: out1, Fields: []string{"a", "1"}},
 		{Stream: out2, Fields: []string{"b", "1", "c", ""}},
 		{Stream: out1, Fields: []string{"a", "2"}},
@@ -223,12 +224,12 @@ func TestCommitOK(t *testing.T) {
 	rec0, err = e.rdb.Get(e.ctx, other).Result()
 	require.NoError(t, err)
 	assert.Equal(t, "4 T1 "+ids[1]+"\n\x00\xff\x01", rec0)
-	rec, err := state.Load(e.ctx, e.rdb, other)
+	rec, err := record.Load(e.ctx, e.rdb, other)
 	require.NoError(t, err)
-	assert.Equal(t, txn.Record{Data: []byte{0, 0xff, 1}, Version: 4, LastID: ids[1], Token: "T1"}, rec)
-	rec, err = state.Load(e.ctx, e.rdb, e.space.State("absent"))
+	assert.Equal(t, record.Record{Data: []byte{0, 0xff, 1}, Version: 4, LastID: ids[1], Token: "T1"}, rec)
+	rec, err = record.Load(e.ctx, e.rdb, e.space.State("absent"))
 	require.NoError(t, err)
-	assert.Equal(t, txn.Record{}, rec)
+	assert.Equal(t, record.Record{}, rec)
 
 	// Publishes, in order, in each target.
 	var got1, got2 []map[string]any
@@ -273,7 +274,7 @@ func TestCommitDeliveryRuns(t *testing.T) {
 	// Counts now: 2 2 1 1 1 3 1.
 	c := e.newCommit("c1", ids...)
 	c.Deliveries = []int64{2, 2, 1, 1, 1, 3, 1}
-	c.Publishes = []txn.Publish{{Stream: e.prefix + "out", Fields: []string{"k", "v"}}}
+	c.Publishes = []txnengine.Publish{{Stream: e.prefix + "out", Fields: []string{"k", "v"}}}
 
 	for _, tc := range []struct {
 		name string
@@ -323,7 +324,7 @@ func TestRunCommitLoadsScript(t *testing.T) {
 
 	c := &rdb.Commit{Stream: "src", Offsets: "src:offsets", Group: group, Consumer: "c1",
 		IDs: []string{id}, Deliveries: []int64{1},
-		Publishes: []txn.Publish{{Stream: "out", Fields: []string{"a", "b"}}}}
+		Publishes: []txnengine.Publish{{Stream: "out", Fields: []string{"a", "b"}}}}
 	_, err = rdb.RunCommit(ctx, client, scripts, c)
 	require.ErrorContains(t, err, "not built")
 	_, _, err = c.Build()
@@ -353,7 +354,7 @@ func TestCommitManyTargets(t *testing.T) {
 			if round == 0 {
 				want = append(want, out)
 			}
-			c.Publishes = append(c.Publishes, txn.Publish{Stream: out, Fields: []string{"round", strconv.Itoa(round)}})
+			c.Publishes = append(c.Publishes, txnengine.Publish{Stream: out, Fields: []string{"round", strconv.Itoa(round)}})
 		}
 	}
 	r, err := e.commit(c)
@@ -377,21 +378,21 @@ func TestCommitOnlyPublishesOrOnlyState(t *testing.T) {
 	e.read("c1", 2)
 
 	c := e.newCommit("c1", ids[0])
-	c.Publishes = []txn.Publish{{Stream: e.prefix + "out", Fields: []string{"k", "v"}}}
+	c.Publishes = []txnengine.Publish{{Stream: e.prefix + "out", Fields: []string{"k", "v"}}}
 	r, err := e.commit(c)
 	require.NoError(t, err)
 	require.Equal(t, rdb.CodeOK, r.Code)
 	assert.Len(t, e.xrange(e.prefix+"out"), 1)
 
 	c = e.newCommit("c1", ids[1])
-	c.States = []txn.Write{{Key: e.space.State("s"), Data: []byte("x"), LastID: ids[1]}}
+	c.States = []txnengine.Write{{Key: e.space.State("s"), Data: []byte("x"), LastID: ids[1]}}
 	c.Token = "T2"
 	r, err = e.commit(c)
 	require.NoError(t, err)
 	require.Equal(t, rdb.CodeOK, r.Code)
-	rec, err := state.Load(e.ctx, e.rdb, e.space.State("s"))
+	rec, err := record.Load(e.ctx, e.rdb, e.space.State("s"))
 	require.NoError(t, err)
-	assert.Equal(t, txn.Record{Data: []byte("x"), Version: 1, LastID: ids[1], Token: "T2"}, rec)
+	assert.Equal(t, record.Record{Data: []byte("x"), Version: 1, LastID: ids[1], Token: "T2"}, rec)
 	assert.Empty(t, e.pending())
 }
 
@@ -404,16 +405,16 @@ func TestCommitVersionsCount(t *testing.T) {
 	prev := ""
 	for i, id := range ids {
 		c := e.newCommit("c1", id)
-		c.States = []txn.Write{{Key: key, Version: int64(i), Token: prev, Data: []byte{byte(i)}, LastID: id}}
+		c.States = []txnengine.Write{{Key: key, Version: int64(i), Token: prev, Data: []byte{byte(i)}, LastID: id}}
 		c.Token = "T" + strconv.Itoa(i)
 		prev = c.Token
 		r, err := e.commit(c)
 		require.NoError(t, err)
 		require.Equal(t, rdb.CodeOK, r.Code, "commit %d", i)
 	}
-	rec, err := state.Load(e.ctx, e.rdb, key)
+	rec, err := record.Load(e.ctx, e.rdb, key)
 	require.NoError(t, err)
-	assert.Equal(t, txn.Record{Data: []byte{4}, Version: 5, LastID: ids[4], Token: "T4"}, rec)
+	assert.Equal(t, record.Record{Data: []byte{4}, Version: 5, LastID: ids[4], Token: "T4"}, rec)
 }
 
 func TestCommitOffsetNeverMovesBackwards(t *testing.T) {
@@ -466,11 +467,11 @@ func TestCommitNotOwned(t *testing.T) {
 		// A commit that would write state, publishes and offsets.
 		e.setState(e.space.State("s"), 2, "old", "0-1")
 		c := e.newCommit("c1", ids[0])
-		c.States = []txn.Write{
+		c.States = []txnengine.Write{
 			{Key: e.space.State("s"), Version: 2, Data: []byte("new"), LastID: ids[0]},
 			{Key: e.space.State("fresh"), Version: 0, Data: []byte("new"), LastID: ids[0]},
 		}
-		c.Publishes = []txn.Publish{
+		c.Publishes = []txnengine.Publish{
 			{Stream: e.prefix + "out", Fields: []string{"a", "1"}},
 			{Stream: e.stream, Fields: []string{"a", "1"}},
 		}
@@ -529,7 +530,7 @@ func TestCommitNotOwned(t *testing.T) {
 		// first, and reported alone.
 		s.c.States[0].Version = 7
 		require.NoError(t, e.rdb.Set(e.ctx, e.prefix+"str", "x", 0).Err())
-		s.c.Publishes = append(s.c.Publishes, txn.Publish{Stream: e.prefix + "str", Fields: []string{"a", "b"}})
+		s.c.Publishes = append(s.c.Publishes, txnengine.Publish{Stream: e.prefix + "str", Fields: []string{"a", "b"}})
 		e.refuse(s.c, rdb.CodeNotOwned, 1, 3, 4, 5)
 		assert.Equal(t, map[string]pel{ids[0]: {"c1", 1}, ids[2]: {"c1", 1}, ids[3]: {"c2", 2}, ids[4]: {"c1", 2}},
 			e.pending())
@@ -556,33 +557,33 @@ func TestCommitVersionConflict(t *testing.T) {
 		e.read("c1", 1)
 		e.setState(e.space.State("v3"), 3, "three", "0-3")
 		c := e.newCommit("c1", ids[0])
-		c.Publishes = []txn.Publish{{Stream: e.prefix + "out", Fields: []string{"a", "1"}}}
+		c.Publishes = []txnengine.Publish{{Stream: e.prefix + "out", Fields: []string{"a", "1"}}}
 		return e, c
 	}
 	t.Run("absent record, expected version 1", func(t *testing.T) {
 		t.Parallel()
 		e, c := prepare(t)
-		c.States = []txn.Write{{Key: e.space.State("absent"), Version: 1, Data: []byte("x")}}
+		c.States = []txnengine.Write{{Key: e.space.State("absent"), Version: 1, Data: []byte("x")}}
 		e.refuse(c, rdb.CodeConflict, 0)
 	})
 	t.Run("record at v3, expected 2", func(t *testing.T) {
 		t.Parallel()
 		e, c := prepare(t)
-		c.States = []txn.Write{{Key: e.space.State("v3"), Version: 2, Data: []byte("x")}}
+		c.States = []txnengine.Write{{Key: e.space.State("v3"), Version: 2, Data: []byte("x")}}
 		e.refuse(c, rdb.CodeConflict, 0)
 	})
 	t.Run("record at v3, expected 0", func(t *testing.T) {
 		t.Parallel()
 		e, c := prepare(t)
-		c.States = []txn.Write{{Key: e.space.State("v3"), Version: 0, Data: []byte("x")}}
+		c.States = []txnengine.Write{{Key: e.space.State("v3"), Version: 0, Data: []byte("x")}}
 		e.refuse(c, rdb.CodeConflict, 0)
 	})
 	t.Run("several, reported together", func(t *testing.T) {
 		t.Parallel()
 		e, c := prepare(t)
 		require.NoError(t, e.rdb.RPush(e.ctx, e.prefix+"list", "x").Err())
-		c.Publishes = append(c.Publishes, txn.Publish{Stream: e.prefix + "list", Fields: []string{"a", "b"}})
-		c.States = []txn.Write{
+		c.Publishes = append(c.Publishes, txnengine.Publish{Stream: e.prefix + "list", Fields: []string{"a", "b"}})
+		c.States = []txnengine.Write{
 			{Key: e.space.State("absent"), Version: 0, Data: []byte("ok")},
 			{Key: e.space.State("v3"), Version: 2, Data: []byte("x")},
 			{Key: e.space.KeyedState("k", "absent"), Version: 0, Data: []byte("ok")},
@@ -607,7 +608,7 @@ func TestCommitWrongType(t *testing.T) {
 		ids := e.add(1)
 		e.read("c1", 1)
 		c := e.newCommit("c1", ids[0])
-		c.States = []txn.Write{{Key: e.space.State("s"), Version: 0, Data: []byte("x"), LastID: ids[0]}}
+		c.States = []txnengine.Write{{Key: e.space.State("s"), Version: 0, Data: []byte("x"), LastID: ids[0]}}
 		return e, c
 	}
 	for kind, create := range kinds {
@@ -616,7 +617,7 @@ func TestCommitWrongType(t *testing.T) {
 			e, c := prepare(t)
 			bad := e.prefix + kind
 			require.NoError(t, create(e, bad))
-			c.Publishes = []txn.Publish{
+			c.Publishes = []txnengine.Publish{
 				{Stream: e.prefix + "ok", Fields: []string{"a", "1"}},
 				{Stream: bad, Fields: []string{"a", "2"}},
 			}
@@ -631,7 +632,7 @@ func TestCommitWrongType(t *testing.T) {
 		require.NoError(t, kinds["string"](e, str))
 		require.NoError(t, kinds["list"](e, list))
 		require.NoError(t, e.rdb.XAdd(e.ctx, &redis.XAddArgs{Stream: e.prefix + "existing", Values: []any{"x", "y"}}).Err())
-		c.Publishes = []txn.Publish{
+		c.Publishes = []txnengine.Publish{
 			{Stream: e.prefix + "existing", Fields: []string{"a", "1"}},
 			{Stream: str, Fields: []string{"a", "1"}},
 			{Stream: e.prefix + "existing", Fields: []string{"a", "2"}},
@@ -656,11 +657,11 @@ func TestCommitStateKeyWrongTypeWritesNothing(t *testing.T) {
 	require.NoError(t, e.rdb.HSet(e.ctx, bad, "d", "x").Err())
 	require.NoError(t, e.rdb.Set(e.ctx, str, "x", 0).Err())
 	c := e.newCommit("c1", ids[0])
-	c.States = []txn.Write{
+	c.States = []txnengine.Write{
 		{Key: e.space.State("ok"), Data: []byte("x")},
 		{Key: bad, Data: []byte("x")},
 	}
-	c.Publishes = []txn.Publish{{Stream: e.prefix + "out", Fields: []string{"a", "1"}}}
+	c.Publishes = []txnengine.Publish{{Stream: e.prefix + "out", Fields: []string{"a", "1"}}}
 	e.unchanged(func() {
 		_, err := e.commit(c)
 		require.Error(t, err)
@@ -671,7 +672,7 @@ func TestCommitStateKeyWrongTypeWritesNothing(t *testing.T) {
 	e.refuse(c, rdb.CodeConflict, 1)
 	c.States[1].Version, c.States[1].Token = 1, "t"
 	e.refuse(c, rdb.CodeConflict, 1)
-	_, err := state.Load(e.ctx, e.rdb, str)
+	_, err := record.Load(e.ctx, e.rdb, str)
 	require.ErrorIs(t, err, state.ErrCorrupt)
 }
 
@@ -706,18 +707,18 @@ func TestCommitWritePhaseFailureWritesNothing(t *testing.T) {
 			require.NoError(t, e.rdb.Set(e.ctx, e.space.Offsets(), "x", 0).Err())
 		}},
 		{"publish without fields", func(e *env, c *rdb.Commit) {
-			c.Publishes = append(c.Publishes, txn.Publish{Stream: e.prefix + "out"})
+			c.Publishes = append(c.Publishes, txnengine.Publish{Stream: e.prefix + "out"})
 		}},
 		{"publish with an odd number of fields", func(e *env, c *rdb.Commit) {
 			c.Publishes = append(c.Publishes,
-				txn.Publish{Stream: e.prefix + "out", Fields: []string{"a", "1", "b"}},
-				txn.Publish{Stream: e.prefix + "out", Fields: []string{"c", "2"}})
+				txnengine.Publish{Stream: e.prefix + "out", Fields: []string{"a", "1", "b"}},
+				txnengine.Publish{Stream: e.prefix + "out", Fields: []string{"c", "2"}})
 		}},
 		{"publish target is a state key", func(e *env, c *rdb.Commit) {
-			c.Publishes = append(c.Publishes, txn.Publish{Stream: c.States[0].Key, Fields: []string{"a", "1"}})
+			c.Publishes = append(c.Publishes, txnengine.Publish{Stream: c.States[0].Key, Fields: []string{"a", "1"}})
 		}},
 		{"publish target is the offsets key", func(e *env, c *rdb.Commit) {
-			c.Publishes = append(c.Publishes, txn.Publish{Stream: e.space.Offsets(), Fields: []string{"a", "1"}})
+			c.Publishes = append(c.Publishes, txnengine.Publish{Stream: e.space.Offsets(), Fields: []string{"a", "1"}})
 		}},
 	}
 	for _, tt := range tests {
@@ -727,8 +728,8 @@ func TestCommitWritePhaseFailureWritesNothing(t *testing.T) {
 			ids := e.add(1)
 			e.read("c1", 1)
 			c := e.newCommit("c1", ids[0])
-			c.States = []txn.Write{{Key: e.space.State("s"), Data: []byte("x"), LastID: ids[0]}}
-			c.Publishes = []txn.Publish{{Stream: e.prefix + "out", Fields: []string{"a", "1"}}}
+			c.States = []txnengine.Write{{Key: e.space.State("s"), Data: []byte("x"), LastID: ids[0]}}
+			c.Publishes = []txnengine.Publish{{Stream: e.prefix + "out", Fields: []string{"a", "1"}}}
 			tt.setup(e, c)
 			e.unchanged(func() {
 				r, err := e.commit(c)

@@ -8,7 +8,7 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
-	"github.com/streamtx/streamtx/state"
+	"github.com/streamtx/streamtx/internal/msgp"
 )
 
 // FuzzDecodeGeneric feeds state data, as `streamtx state get` and the web
@@ -31,7 +31,7 @@ func FuzzDecodeGeneric(f *testing.F) {
 	f.Add([]byte{0xc7, 0x02, 0xff, 1, 2}) // ext8 type -1 (timestamp) with a bad length
 	f.Add([]byte{0xdc, 0xff, 0xff})       // array16 longer than the input
 	f.Fuzz(func(t *testing.T, b []byte) {
-		raw, err := state.Decode[msgpack.RawMessage](b)
+		raw, err := msgp.Decode[msgpack.RawMessage](b)
 		if err != nil {
 			return
 		}

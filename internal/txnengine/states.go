@@ -1,4 +1,4 @@
-package txn
+package txnengine
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+
+	"github.com/streamtx/streamtx/internal/record"
 )
 
 // Codec turns a state value into bytes and back. Values are pointers to the
@@ -16,12 +18,7 @@ type Codec interface {
 }
 
 // Record is a state record as stored in Redis.
-type Record struct {
-	Data    []byte // encoded value; nil when the record does not exist
-	Version int64  // 0 when the record does not exist
-	LastID  string // ID of the last entry applied to it
-	Token   string // token of the commit that wrote it ("" when absent)
-}
+type Record = record.Record
 
 // Loader reads the state records stored at Redis keys, in one round trip.
 type Loader func(ctx context.Context, keys []string) ([]Record, error)

@@ -1,4 +1,4 @@
-package state
+package msgp
 
 import (
 	"encoding/binary"
