@@ -304,12 +304,13 @@ func TestDecodeErrorDeadLettersTheEntry(t *testing.T) {
 		handled = append(handled, ev.ID)
 		return nil
 	})
-	var deadLetters []error
+	// The observer runs on the consumer's goroutines: it records, and the
+	// test checks after stop (Run has returned: nothing writes any more).
+	var deadLetters []streamtx.Event
 	cfg := e.cfg(src, "g", "c1")
 	cfg.Observer = streamtx.ObserverFunc(func(ev streamtx.Event) {
 		if ev.Kind == streamtx.EventDeadLetter {
-			assert.Equal(t, int64(1), ev.Deliveries, "dead-lettered on the first delivery")
-			deadLetters = append(deadLetters, ev.Err)
+			deadLetters = append(deadLetters, ev)
 		}
 	})
 	c, err := streamtx.NewConsumer(e.rdb, cfg, h)
@@ -322,6 +323,9 @@ func TestDecodeErrorDeadLettersTheEntry(t *testing.T) {
 	stop()
 	assert.Equal(t, []string{"evt-1"}, handled)
 	require.Len(t, deadLetters, 2)
-	assert.True(t, errors.Is(deadLetters[0], streamtx.ErrSchemaVersion), "%v", deadLetters[0])
-	assert.True(t, errors.Is(deadLetters[1], streamtx.ErrBadEnvelope), "%v", deadLetters[1])
+	for _, ev := range deadLetters {
+		assert.Equal(t, int64(1), ev.Deliveries, "%s dead-lettered on the first delivery", ev.IDs)
+	}
+	assert.True(t, errors.Is(deadLetters[0].Err, streamtx.ErrSchemaVersion), "%v", deadLetters[0].Err)
+	assert.True(t, errors.Is(deadLetters[1].Err, streamtx.ErrBadEnvelope), "%v", deadLetters[1].Err)
 }

@@ -54,8 +54,12 @@ func TestInspect(t *testing.T) {
 	ctx := context.Background()
 	s := e.key("orders")
 
+	// Every time below is read from the server's clock (TIME), the clock
+	// that stamps IDs and measures idle times, so the bounds hold whatever
+	// the offset between the test's clock and the server's.
+	//
 	// Ten entries one millisecond apart, an hour ago: their ages are known.
-	base := time.Now().Add(-time.Hour).UnixMilli()
+	base := e.serverTime().Add(-time.Hour).UnixMilli()
 	id := func(i int) string { return fmt.Sprintf("%d-0", base+int64(i)) }
 	var ids []string
 	for i := 1; i <= 10; i++ {
@@ -70,9 +74,9 @@ func TestInspect(t *testing.T) {
 	// Pending 5, 6, 7, 8 (oldest 5, held by c1); lag 2 (9, 10).
 	require.NoError(t, e.rdb.XGroupCreate(ctx, s, "pending", "0").Err())
 	e.readAck(s, "pending", "c1", 6, 4)
-	r0 := time.Now()
+	r0 := e.serverTime()
 	e.readAck(s, "pending", "c2", 2, 0)
-	r1 := time.Now()
+	r1 := e.serverTime()
 	// caught: created at the end: lag 0, nothing pending.
 	require.NoError(t, e.rdb.XGroupCreate(ctx, s, "caught", "$").Err())
 
@@ -84,15 +88,15 @@ func TestInspect(t *testing.T) {
 	require.NoError(t, e.rdb.HSet(ctx, sp.Offsets(), "c1", id(4), "gone", id(1)).Err())
 	// The oldest pending entry (5) was last delivered to c1 before r0; make
 	// its idle time known by claiming it between q0 and q1.
-	q0 := time.Now()
+	q0 := e.serverTime()
 	require.NoError(t, e.rdb.XClaim(ctx, &redis.XClaimArgs{
 		Stream: s, Group: "pending", Consumer: "c1", Messages: []string{id(5)},
 	}).Err())
-	q1 := time.Now()
+	q1 := e.serverTime()
 
-	i0 := time.Now()
+	i0 := e.serverTime()
 	info, err := streamtx.Inspect(ctx, e.rdb, s)
-	i1 := time.Now()
+	i1 := e.serverTime()
 	require.NoError(t, err)
 
 	assert.Equal(t, s, info.Stream)
@@ -101,7 +105,7 @@ func TestInspect(t *testing.T) {
 	assert.Equal(t, id(10), info.LastID)
 	assert.Equal(t, id(10), info.LastGeneratedID)
 	assert.EqualValues(t, 10, info.EntriesAdded)
-	assert.WithinRange(t, info.Time, i0.Truncate(time.Microsecond), i1)
+	assert.WithinRange(t, info.Time, i0, i1)
 	assert.Equal(t, fmt.Sprintf("%d-1", base+3), info.SafeTrimPoint)
 	assert.Equal(t, "behind", info.SafeTrimHeldBy)
 
@@ -146,9 +150,8 @@ func TestInspect(t *testing.T) {
 	require.Len(t, p.Consumers, 2)
 	assert.Equal(t, streamtx.ConsumerInfo{Name: "c1", Pending: 2, Idle: p.Consumers[0].Idle, CommittedID: id(4)}, p.Consumers[0])
 	assert.Equal(t, streamtx.ConsumerInfo{Name: "c2", Pending: 2, Idle: p.Consumers[1].Idle}, p.Consumers[1])
-	// c2 last read between r0 and r1, Inspect ran between i0 and i1; Redis
-	// counts idle time in whole milliseconds.
-	durationWithin(t, p.Consumers[1].Idle, i0.Sub(r1)-time.Millisecond, i1.Sub(r0)+time.Millisecond)
+	// c2 last read between r0 and r1, Inspect ran between i0 and i1.
+	durationWithin(t, p.Consumers[1].Idle, msBetween(r1, i0), msBetween(r0, i1))
 
 	op := p.OldestPending
 	require.NotNil(t, op)
@@ -156,11 +159,11 @@ func TestInspect(t *testing.T) {
 	assert.Equal(t, "c1", op.Consumer)
 	assert.EqualValues(t, 2, op.Deliveries) // read, then claimed
 	// Idle: since the claim (between q0 and q1), at a time between i0 and i1.
-	durationWithin(t, op.Idle, i0.Sub(q1)-time.Millisecond, i1.Sub(q0)+time.Millisecond)
+	durationWithin(t, op.Idle, msBetween(q1, i0), msBetween(q0, i1))
 	// Age: from the ID's millisecond (base+5) to the server's time, which
 	// was between i0 and i1.
 	born := time.UnixMilli(base + 5)
-	durationWithin(t, op.Age, i0.Truncate(time.Microsecond).Sub(born), i1.Sub(born))
+	durationWithin(t, op.Age, i0.Sub(born), i1.Sub(born))
 	assert.Equal(t, info.Time.Sub(born), op.Age)
 }
 
@@ -245,6 +248,23 @@ func TestInspectEmptyMissingWrongType(t *testing.T) {
 	assert.EqualValues(t, 2, info.Length)
 	assert.Empty(t, info.Groups)
 	assert.Empty(t, info.SafeTrimPoint, "no groups: no safe point")
+}
+
+// serverTime is the Redis server's clock (TIME).
+func (e *env) serverTime() time.Time {
+	e.t.Helper()
+	now, err := e.rdb.Time(context.Background()).Result()
+	require.NoError(e.t, err)
+	return now
+}
+
+// msBetween is the time from a to b as Redis measures idle times: the
+// difference of the two instants' whole milliseconds (it subtracts its
+// millisecond clock at one event from its millisecond clock at the other).
+// With a and b read by TIME before or after those events, it bounds the idle
+// time exactly.
+func msBetween(a, b time.Time) time.Duration {
+	return time.Duration(b.UnixMilli()-a.UnixMilli()) * time.Millisecond
 }
 
 // durationWithin asserts lo <= d <= hi.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -55,14 +56,39 @@ func (e *prodEnv) record(key string) string {
 	return k
 }
 
+// serverTime is the Redis server's clock (TIME).
+func (e *prodEnv) serverTime() time.Time {
+	e.t.Helper()
+	now, err := e.rdb.Time(context.Background()).Result()
+	require.NoError(e.t, err)
+	return now
+}
+
+// requireExpiresAfter checks that key expires window after a moment of the
+// server's clock between before and after (TIME read around the write that
+// set it). SET PX adds the window to the server's millisecond clock, which
+// TIME reads too, so the bounds are exact, with no margin for the time the
+// test takes.
+func (e *prodEnv) requireExpiresAfter(key string, window time.Duration, before, after time.Time) {
+	e.t.Helper()
+	exp, err := e.rdb.PExpireTime(context.Background(), key).Result()
+	require.NoError(e.t, err)
+	require.Positive(e.t, exp, "%s has an expiry (PEXPIRETIME %d)", key, exp)
+	at := exp.Milliseconds() - window.Milliseconds()
+	require.True(e.t, before.UnixMilli() <= at && at <= after.UnixMilli(),
+		"%s expires %v after %v, not %v after a moment in [%v, %v]", key, window, time.UnixMilli(at), window, before, after)
+}
+
 func TestProducerSameKeyAppendsOnce(t *testing.T) {
 	t.Parallel()
 	e := newProdEnv(t)
 	ctx := context.Background()
 	p := e.producer(streamtx.ProducerConfig{})
 
+	before := e.serverTime()
 	id1, err := p.Publish(ctx, e.stream, map[string]any{"n": 1}, streamtx.WithIdempotencyKey("k1"))
 	require.NoError(t, err)
+	after := e.serverTime()
 	id2, err := p.Publish(ctx, e.stream, map[string]any{"n": 2}, streamtx.WithIdempotencyKey("k1"))
 	require.NoError(t, err)
 	assert.Equal(t, id1, id2, "the duplicate returns the first entry's ID")
@@ -76,8 +102,7 @@ func TestProducerSameKeyAppendsOnce(t *testing.T) {
 	// lives in the stream's slot.
 	rec := e.record("k1")
 	assert.Equal(t, id1, e.rdb.Get(ctx, rec).Val())
-	ttl := e.rdb.PTTL(ctx, rec).Val()
-	assert.True(t, ttl > 23*time.Hour && ttl <= 24*time.Hour, "TTL %s", ttl)
+	e.requireExpiresAfter(rec, 24*time.Hour, before, after)
 	assert.Equal(t, keys.Slot(e.stream), keys.Slot(rec))
 }
 
@@ -116,21 +141,29 @@ func TestProducerKeyExpiresAfterWindow(t *testing.T) {
 	t.Parallel()
 	e := newProdEnv(t)
 	ctx := context.Background()
-	p := e.producer(streamtx.ProducerConfig{Window: 50 * time.Millisecond})
 
+	// PX is the window. It is checked on a window long enough for the
+	// record to be there when its expiry is read: a 50 ms record may be
+	// gone by then on a busy machine.
+	before := e.serverTime()
+	_, err := e.producer(streamtx.ProducerConfig{Window: 90 * time.Minute}).
+		Publish(ctx, e.stream, map[string]any{"n": 0}, streamtx.WithIdempotencyKey("long"))
+	require.NoError(t, err)
+	after := e.serverTime()
+	e.requireExpiresAfter(e.record("long"), 90*time.Minute, before, after)
+
+	// A short window expires, and the key appends again.
+	p := e.producer(streamtx.ProducerConfig{Window: 50 * time.Millisecond})
 	id1, err := p.Publish(ctx, e.stream, map[string]any{"n": 1}, streamtx.WithIdempotencyKey("k"))
 	require.NoError(t, err)
 	rec := e.record("k")
-	ttl := e.rdb.PTTL(ctx, rec).Val()
-	assert.True(t, ttl > 0 && ttl <= 50*time.Millisecond, "PX is the window: TTL %s", ttl)
-
 	eventually(t, "the dedupe record to expire", func() bool {
 		return e.rdb.Exists(ctx, rec).Val() == 0
 	})
 	id2, err := p.Publish(ctx, e.stream, map[string]any{"n": 2}, streamtx.WithIdempotencyKey("k"))
 	require.NoError(t, err)
 	assert.NotEqual(t, id1, id2, "after the window the key appends again")
-	assert.Len(t, e.entries(), 2)
+	assert.Len(t, e.entries(), 3)
 	assert.Equal(t, id2, e.rdb.Get(ctx, rec).Val(), "and is remembered anew")
 }
 
@@ -215,17 +248,17 @@ func TestProducerConcurrentSameKey(t *testing.T) {
 
 	const n = 20
 	ids := make([]string, n)
+	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			id, err := p.Publish(ctx, e.stream, map[string]any{"i": i}, streamtx.WithIdempotencyKey("same"))
-			assert.NoError(t, err)
-			ids[i] = id
+			ids[i], errs[i] = p.Publish(ctx, e.stream, map[string]any{"i": i}, streamtx.WithIdempotencyKey("same"))
 		}()
 	}
 	wg.Wait()
+	require.NoError(t, errors.Join(errs...))
 	msgs := e.entries()
 	require.Len(t, msgs, 1)
 	for _, id := range ids {
