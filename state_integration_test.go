@@ -45,7 +45,10 @@ func TestTwoStatesInOneHandlerCommitTogetherOnce(t *testing.T) {
 	var mu sync.Mutex
 	failed := map[string]bool{}
 	h := streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
-		i := atoi(t, msg.Values["i"])
+		i, err := strconv.Atoi(msg.Values["i"])
+		if err != nil {
+			return streamtx.Permanent(err) // a dead letter: the checks below fail
+		}
 		tot, err := twoTotalsState.Get(ctx, tx)
 		if err != nil {
 			return err
