@@ -302,7 +302,7 @@ func (s *Sentinel) Failover(t testing.TB) {
 	ask := func() {
 		for {
 			err := s.sadmin[0].Failover(ctx, MasterName).Err()
-			if err == nil || strings.HasPrefix(err.Error(), "INPROG") {
+			if err == nil || redis.HasErrorPrefix(err, "INPROG") {
 				return
 			}
 			if !pause(ctx) {
