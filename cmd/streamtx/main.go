@@ -19,6 +19,7 @@
 //	trim STREAM --safe [--keep-min-age D] [--dry-run]
 //	trim STREAM --force (--maxlen N | --minid ID) [--dry-run]
 //	state get STREAM GROUP NAME [KEY]
+//	console [--listen ADDR] [--read-only] [--streams S1,S2] [--match PATTERN]
 //
 // Flags may come before or after the arguments. --redis (default: the
 // REDIS_URL environment variable, else redis://127.0.0.1:6379) takes a URL
@@ -80,6 +81,8 @@ Commands:
       an explicit, unsafe trim
   state get STREAM GROUP NAME [KEY]
       committed state (KEY for Keyed state) as JSON, with version and last ID
+  console [--listen 127.0.0.1:8080] [--read-only] [--streams S1,S2] [FLAGS]
+      the web console: lag, pending entries, dead letters (replay, purge), state
   help [COMMAND]
       this text, or a command's flags
 
@@ -162,6 +165,7 @@ var commands = []command{
 	{"dlq", "dlq (list|show|replay|purge) STREAM GROUP [IDs...] [FLAGS]", runDLQ},
 	{"trim", "trim STREAM (--safe [--keep-min-age D] | --force (--maxlen N | --minid ID)) [--dry-run]", runTrim},
 	{"state", "state get STREAM GROUP NAME [KEY]", runState},
+	{"console", "console [--listen ADDR] [--read-only] [FLAGS]", runConsole},
 }
 
 // run runs the command line args (without the program name), writing to
