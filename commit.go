@@ -265,7 +265,7 @@ func (c *Consumer) deadLetter(ctx context.Context, m *Message, cause error) {
 	default:
 		err = fmt.Errorf("%w: dead-letter stream %q", ErrWrongType, c.dlq)
 	}
-	c.retries[m.ID] = time.Now().Add(c.backoff(m.Deliveries))
+	c.retries[m.ID] = time.Now().Add(c.backoff(m, err))
 	err = fmt.Errorf("streamtx: cannot dead-letter %s (it stays pending): %w", m.ID, err)
 	c.report(Event{Kind: EventError, IDs: []string{m.ID}, Err: err})
 	c.log.Error(err.Error(), "cause", cause)
@@ -316,12 +316,14 @@ func retryable(err error) bool {
 		errors.Is(err, net.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout) {
 		return true
 	}
-	for _, p := range []string{"LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK"} {
-		if redis.HasErrorPrefix(err, p) {
-			return true
-		}
+	if _, ok := redis.IsMovedError(err); ok {
+		return true
 	}
-	return false
+	if _, ok := redis.IsAskError(err); ok {
+		return true
+	}
+	return redis.IsLoadingError(err) || redis.IsReadOnlyError(err) || redis.IsMasterDownError(err) ||
+		redis.IsTryAgainError(err) || redis.IsClusterDownError(err) || redis.HasErrorPrefix(err, "BUSY")
 }
 
 // Dead-letter entries carry metadata in fields named "stx.<name>". An

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
+	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
@@ -57,20 +57,28 @@ type Config struct {
 	// that the process did not survive. A Redis error reply never counts as
 	// a delivery (see Health).
 	MaxDeliveries int64
-	// Backoff gives the wait before retrying an entry that failed on its
-	// n-th delivery. Default: 100ms doubling per delivery, capped at 10s and
-	// at ClaimIdle/2, with ±20% jitter.
-	Backoff func(deliveries int64) time.Duration
+	// Backoff gives the wait before retrying msg after its handler failed
+	// with err on delivery msg.Deliveries. Default: 100ms doubling per
+	// delivery, capped at 10s, with ±20% jitter. Whatever it returns is
+	// capped at ClaimIdle/2, so that a consumer never waits on an entry
+	// long enough for another one to claim it.
+	Backoff func(msg *Message, err error) time.Duration
 	// DeadLetterStream receives entries that failed for good. Default
 	// "stx:{tag}:<stream>:<group>:dlq", in the source stream's hash slot.
 	DeadLetterStream string
 	// ClaimIdle is how long an entry must sit idle at another consumer
 	// before this one claims it. It must exceed the slowest normal handling
-	// of a batch. Default 30s.
+	// of a batch — a handler that takes longer calls KeepAlive — and Block
+	// and MaxBatchDelay (NewConsumer refuses a ClaimIdle that does not).
+	// Default 30s.
 	ClaimIdle time.Duration
 	// ClaimInterval is the pause between two scans for idle entries. Default
 	// ClaimIdle/2.
 	ClaimInterval time.Duration
+	// HandlerTimeout bounds one handler call: its context is cancelled
+	// after it, and a handler that then returns an error is retried like
+	// any failure. Default 0: no bound (Run's shutdown still cancels it).
+	HandlerTimeout time.Duration
 	// ShutdownTimeout is how long, after Run's context is cancelled, the
 	// handler in hand may run before its context is cancelled too. Default
 	// 10s.
@@ -180,6 +188,8 @@ func (cfg *Config) setDefaults() error {
 		return configErr("Retention.Interval", "negative (%s)", cfg.Retention.Interval)
 	case cfg.MaxBatchDelay < 0:
 		return configErr("MaxBatchDelay", "negative (%s)", cfg.MaxBatchDelay)
+	case cfg.HandlerTimeout < 0:
+		return configErr("HandlerTimeout", "negative (%s)", cfg.HandlerTimeout)
 	case cfg.CrossSlot != CrossSlotRefuse && cfg.CrossSlot != CrossSlotRelay:
 		return configErr("CrossSlot", "unknown mode %d", cfg.CrossSlot)
 	case strings.ContainsAny(cfg.Consumer, " \t\r\n"):
@@ -214,6 +224,14 @@ func (cfg *Config) setDefaults() error {
 	if cfg.Retention.Interval == 0 {
 		cfg.Retention.Interval = time.Minute
 	}
+	// Entries wait in this consumer's hands while a read blocks or a batch
+	// fills: another consumer must not find them idle meanwhile.
+	if cfg.Block >= cfg.ClaimIdle {
+		return configErr("ClaimIdle", "%s is not longer than Block (%s): entries waiting while a read blocks would be claimed", cfg.ClaimIdle, cfg.Block)
+	}
+	if cfg.MaxBatchDelay >= cfg.ClaimIdle {
+		return configErr("ClaimIdle", "%s is not longer than MaxBatchDelay (%s): a filling batch would be claimed", cfg.ClaimIdle, cfg.MaxBatchDelay)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -230,20 +248,21 @@ func (cfg *Config) setDefaults() error {
 // at a time. Use several Consumers (with distinct Consumer names) for
 // parallelism.
 type Consumer struct {
-	rdb     redis.UniversalClient
-	cfg     Config
-	h       Handler // with Config.Middleware
-	meta    Handler // the handler under every wrapping (see unwrapAll)
-	space   keys.Space
-	dlq     string
-	cluster bool
-	slot    int      // the source stream's cluster slot
-	slots   sync.Map // publish target -> slot
-	nslots  atomic.Int64
-	scripts *rdb.Scripts
-	states  *txnengine.States
-	env     *txnengine.Env
-	log     *slog.Logger
+	rdb      redis.UniversalClient
+	cfg      Config
+	h        Handler // with Config.Middleware
+	meta     Handler // the handler under every wrapping (see unwrapAll)
+	laneSeed maphash.Seed
+	space    keys.Space
+	dlq      string
+	cluster  bool
+	slot     int      // the source stream's cluster slot
+	slots    sync.Map // publish target -> slot
+	nslots   atomic.Int64
+	scripts  *rdb.Scripts
+	states   *txnengine.States
+	env      *txnengine.Env
+	log      *slog.Logger
 
 	running   atomic.Bool
 	readyOnce sync.Once
@@ -252,6 +271,9 @@ type Consumer struct {
 	runErr    error         // what it returned; read after done
 	ready     chan struct{}
 	health    atomic.Pointer[unhealthy] // nil: healthy (see Health)
+
+	inHand        atomic.Pointer[[]*Message] // the batch the handlers run on (see KeepAlive)
+	lastKeepAlive atomic.Int64               // Unix nanoseconds
 
 	// Owned by the Run goroutine.
 	retries    map[string]time.Time // entry ID -> when to retry
@@ -280,7 +302,7 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 	meta := unwrapAll(h) // what Stateful and Keyed tell the consumer
 	if v, ok := meta.(interface{ validate() error }); ok {
 		if err := v.validate(); err != nil {
-			return nil, fmt.Errorf("%w: handler: %w", ErrConfig, err)
+			return nil, &ConfigError{Field: "handler", Reason: err.Error()}
 		}
 	}
 	if err := cfg.setDefaults(); err != nil {
@@ -316,6 +338,7 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		cfg:        cfg,
 		h:          Wrap(h, cfg.Middleware...),
 		meta:       meta,
+		laneSeed:   maphash.MakeSeed(),
 		space:      space,
 		dlq:        dlq,
 		cluster:    cluster,
@@ -449,7 +472,7 @@ func (c *Consumer) Run(ctx context.Context) (err error) {
 	defer c.running.Store(false)
 
 	// The handler's context outlives ctx by ShutdownTimeout.
-	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	hctx, hcancel := context.WithCancel(context.WithValue(context.WithoutCancel(ctx), keepAliveKey{}, c))
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -526,10 +549,10 @@ func (c *Consumer) start(ctx context.Context) error {
 
 func (c *Consumer) ensureGroup(ctx context.Context) error {
 	err := c.rdb.XGroupCreateMkStream(ctx, c.cfg.Stream, c.cfg.Group, c.cfg.StartID).Err()
-	if err == nil || strings.HasPrefix(err.Error(), "BUSYGROUP") {
+	if err == nil || redis.HasErrorPrefix(err, "BUSYGROUP") {
 		return nil
 	}
-	if strings.HasPrefix(err.Error(), "WRONGTYPE") {
+	if redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return fmt.Errorf("%w: stream %q: %w", errFatal, c.cfg.Stream, err)
 	}
 	return fmt.Errorf("streamtx: create group %q on %q: %w", c.cfg.Group, c.cfg.Stream, err)
@@ -988,6 +1011,8 @@ func messagesOf(items []item) []*Message {
 // dead-lettered; the successful ones are returned, in the order of msgs.
 func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
 	msgs = unique(msgs)
+	c.inHand.Store(&msgs)
+	defer c.inHand.Store(nil)
 	txs := make([]*txnengine.Tx, len(msgs))
 	errs := make([]error, len(msgs))
 	if p, ok := c.meta.(interface{ stateRef(*Message) txnengine.Ref }); ok {
@@ -1092,9 +1117,7 @@ func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int,
 	n := c.cfg.Parallelism
 	lanes := make([][]int, n)
 	for _, i := range run {
-		h := fnv.New32a()
-		h.Write([]byte(c.cfg.PartitionKey(msgs[i])))
-		l := int(h.Sum32() % uint32(n))
+		l := int(maphash.String(c.laneSeed, c.cfg.PartitionKey(msgs[i])) % uint64(n))
 		lanes[l] = append(lanes[l], i)
 	}
 	var wg sync.WaitGroup
@@ -1123,6 +1146,11 @@ func (c *Consumer) call(ctx context.Context, m *Message, tx *txnengine.Tx) (err 
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
 	}()
+	if c.cfg.HandlerTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.HandlerTimeout)
+		defer cancel()
+	}
 	return c.h.Handle(ctx, m, (*txn.Tx)(tx))
 }
 
@@ -1143,7 +1171,7 @@ func (c *Consumer) failed(hctx context.Context, m *Message, err error) {
 		c.deadLetter(hctx, m, err)
 		return
 	}
-	d := c.backoff(m.Deliveries)
+	d := c.backoff(m, err)
 	c.retries[m.ID] = time.Now().Add(d)
 	c.report(Event{Kind: EventRetry, IDs: []string{m.ID}, Deliveries: m.Deliveries, Err: err})
 	c.log.Info("streamtx: handler failed; will retry", "id", m.ID, "deliveries", m.Deliveries, "in", d, "err", err)
@@ -1170,11 +1198,11 @@ type heldMsg struct {
 	attempts int64
 }
 
-func (c *Consumer) backoff(deliveries int64) time.Duration {
+func (c *Consumer) backoff(m *Message, err error) time.Duration {
 	if c.cfg.Backoff != nil {
-		return max(c.cfg.Backoff(deliveries), 0)
+		return min(max(c.cfg.Backoff(m, err), 0), c.cfg.ClaimIdle/2)
 	}
-	return backoff(deliveries, 100*time.Millisecond, min(10*time.Second, c.cfg.ClaimIdle/2))
+	return backoff(m.Deliveries, 100*time.Millisecond, min(10*time.Second, c.cfg.ClaimIdle/2))
 }
 
 // backoff is exponential from base, capped, with ±20% jitter.

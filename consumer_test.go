@@ -177,7 +177,7 @@ func TestPanickingHandlerIsRetriedAndDeadLettered(t *testing.T) {
 		panic("boom")
 	})
 	cfg := streamtx.Config{Stream: "s", Group: "g", Consumer: "c", Block: 10 * time.Millisecond, MaxDeliveries: 2,
-		Backoff: func(int64) time.Duration { return time.Millisecond },
+		Backoff: func(*streamtx.Message, error) time.Duration { return time.Millisecond },
 		Observer: streamtx.ObserverFunc(func(e streamtx.Event) {
 			if e.Kind == streamtx.EventRetry || e.Kind == streamtx.EventDeadLetter {
 				got = append(got, e)

@@ -74,6 +74,21 @@ type PanicError struct {
 
 func (e *PanicError) Error() string { return fmt.Sprintf("streamtx: handler panic: %v", e.Value) }
 
+// ConfigError is the error of an invalid Config (or handler, or client
+// argument): Field names what is at fault, Reason says why. It matches
+// ErrConfig with errors.Is.
+type ConfigError struct {
+	Field  string
+	Reason string
+}
+
+func (e *ConfigError) Error() string {
+	return ErrConfig.Error() + ": " + e.Field + ": " + e.Reason
+}
+
+// Is reports whether target is ErrConfig.
+func (e *ConfigError) Is(target error) bool { return target == ErrConfig }
+
 func configErr(field, format string, args ...any) error {
-	return fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, args...))
+	return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }

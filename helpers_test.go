@@ -59,7 +59,7 @@ func (e *env) cfg(stream, group, consumer string) streamtx.Config {
 		Group:    group,
 		Consumer: consumer,
 		Block:    50 * time.Millisecond,
-		Backoff:  func(int64) time.Duration { return 10 * time.Millisecond },
+		Backoff:  func(*streamtx.Message, error) time.Duration { return 10 * time.Millisecond },
 	}
 }
 

@@ -185,7 +185,7 @@ func Inspect(ctx context.Context, client redis.UniversalClient, stream string) (
 	for i, g := range groups {
 		c := cmds[i]
 		if err := c.consumers.Err(); err != nil {
-			if strings.HasPrefix(err.Error(), "NOGROUP") {
+			if redis.HasErrorPrefix(err, "NOGROUP") {
 				continue // destroyed since XINFO GROUPS
 			}
 			return nil, fmt.Errorf("streamtx: inspect %q: consumers of %q: %w", stream, g.Name, err)
@@ -197,7 +197,7 @@ func Inspect(ctx context.Context, client redis.UniversalClient, stream string) (
 			Offsets:         map[string]string{},
 		}
 		pend, err := c.oldest.Result()
-		if err != nil && !strings.HasPrefix(err.Error(), "NOGROUP") {
+		if err != nil && !redis.HasErrorPrefix(err, "NOGROUP") {
 			return nil, fmt.Errorf("streamtx: inspect %q: pending of %q: %w", stream, g.Name, err)
 		}
 		if len(pend) > 0 {

@@ -170,6 +170,7 @@ func TestMaxBatchDelayFillsTheBatch(t *testing.T) {
 	cfg := e.cfg(src, "g", "c")
 	cfg.BatchSize = 5
 	cfg.MaxBatchDelay = time.Minute // only a full batch commits within the test
+	cfg.ClaimIdle = 2 * time.Minute // longer than MaxBatchDelay, as NewConsumer requires
 	cfg.Observer = ev
 	c, err := streamtx.NewConsumer(e.rdb, cfg, nop)
 	require.NoError(t, err)

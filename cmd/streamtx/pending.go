@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -95,7 +94,7 @@ var errNotFound = errors.New("not found")
 
 // groupErr turns a NOGROUP error into a clear "not found".
 func groupErr(stream, group string, err error) error {
-	if strings.HasPrefix(err.Error(), "NOGROUP") {
+	if redis.HasErrorPrefix(err, "NOGROUP") {
 		return fmt.Errorf("%w: stream %q has no group %q (or does not exist)", errNotFound, stream, group)
 	}
 	return err

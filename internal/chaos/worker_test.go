@@ -194,8 +194,8 @@ func TestChaosWorker(t *testing.T) {
 		CommitTimeout:   dur(envCommitTimeout),
 		MaxDeliveries:   int64(atoi(envMaxDeliveries)),
 		ShutdownTimeout: 5 * time.Second,
-		Backoff: func(n int64) time.Duration {
-			return min(time.Duration(n)*5*time.Millisecond, 50*time.Millisecond)
+		Backoff: func(m *streamtx.Message, _ error) time.Duration {
+			return min(time.Duration(m.Deliveries)*5*time.Millisecond, 50*time.Millisecond)
 		},
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Observer: streamtx.ObserverFunc(func(ev streamtx.Event) {

@@ -343,7 +343,7 @@ func consumerConfig(t *testing.T, stream, name string, rec *recorder) streamtx.C
 		Consumer:      name,
 		Block:         20 * time.Millisecond,
 		ClaimIdle:     time.Second,
-		Backoff:       func(int64) time.Duration { return 10 * time.Millisecond },
+		Backoff:       func(*streamtx.Message, error) time.Duration { return 10 * time.Millisecond },
 		CommitTimeout: 20 * time.Second,
 		Logger:        slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Observer:      rec,

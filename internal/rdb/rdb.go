@@ -37,6 +37,7 @@ type Scripts struct {
 	Replay      *redis.Script // replay.lua
 	DelConsumer *redis.Script // delconsumer.lua
 	Suspect     *redis.Script // suspect.lua
+	KeepAlive   *redis.Script // keepalive.lua
 	Produce     *redis.Script // produce.lua
 	Forward     *redis.Script // forward.lua
 	Trim        *redis.Script // trim.lua
@@ -60,6 +61,7 @@ func NewScripts(fsys fs.FS) (*Scripts, error) {
 		{"replay.lua", &s.Replay},
 		{"delconsumer.lua", &s.DelConsumer},
 		{"suspect.lua", &s.Suspect},
+		{"keepalive.lua", &s.KeepAlive},
 		{"produce.lua", &s.Produce},
 		{"forward.lua", &s.Forward},
 		{"trim.lua", &s.Trim},
