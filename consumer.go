@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
-	"math/rand/v2"
-	"runtime/debug"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,7 +19,6 @@ import (
 	"github.com/streamtx/streamtx/internal/streamid"
 	"github.com/streamtx/streamtx/internal/txnengine"
 	"github.com/streamtx/streamtx/state"
-	"github.com/streamtx/streamtx/txn"
 )
 
 // Config configures a Consumer. The zero value of every optional field means
@@ -274,8 +270,15 @@ type Consumer struct {
 
 	inHand        atomic.Pointer[[]*Message] // the batch the handlers run on (see KeepAlive)
 	lastKeepAlive atomic.Int64               // Unix nanoseconds
+}
 
-	// Owned by the Run goroutine.
+// runner is the state of one Run, owned by its goroutine: what the stages
+// (read → handle → commit → settle, see pipeline.go) leave for each other.
+// The read stage consumes recoverOwn, retries and held; the settle stage
+// produces them.
+type runner struct {
+	*Consumer
+
 	retries    map[string]time.Time // entry ID -> when to retry
 	held       map[string]*heldMsg  // entries to retry as they are, without a re-delivery
 	recoverOwn bool                 // re-scan own pending entries before reading new ones
@@ -334,23 +337,19 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		return nil, err
 	}
 	c := &Consumer{
-		rdb:        client,
-		cfg:        cfg,
-		h:          Wrap(h, cfg.Middleware...),
-		meta:       meta,
-		laneSeed:   maphash.MakeSeed(),
-		space:      space,
-		dlq:        dlq,
-		cluster:    cluster,
-		slot:       keys.Slot(cfg.Stream),
-		scripts:    scripts,
-		log:        cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
-		ready:      make(chan struct{}),
-		done:       make(chan struct{}),
-		retries:    make(map[string]time.Time),
-		held:       make(map[string]*heldMsg),
-		ownCursor:  "0",
-		idleCursor: "0-0",
+		rdb:      client,
+		cfg:      cfg,
+		h:        Wrap(h, cfg.Middleware...),
+		meta:     meta,
+		laneSeed: maphash.MakeSeed(),
+		space:    space,
+		dlq:      dlq,
+		cluster:  cluster,
+		slot:     keys.Slot(cfg.Stream),
+		scripts:  scripts,
+		log:      cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
+		ready:    make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	c.states = txnengine.NewStates(c.loadState, c.stateKey, cfg.StateCacheSize)
 	c.states.DeferEncoding(true)
@@ -502,14 +501,13 @@ func (c *Consumer) Run(ctx context.Context) (err error) {
 		return err
 	}
 	c.readyOnce.Do(func() { close(c.ready) })
-	c.recoverOwn, c.ownCursor = true, "0"
-	c.stopping = false
 	c.states.Reset()
-	defer c.settleAndRerun(ctx, hctx)
-	defer c.drainAhead(ctx, hctx)
+	r := c.newRunner()
+	defer r.settleAndRerun(ctx, hctx)
+	defer r.drainAhead(ctx, hctx)
 	fails := 0
 	for ctx.Err() == nil {
-		if err := c.step(ctx, hctx); err != nil {
+		if err := r.step(ctx, hctx); err != nil {
 			if errors.Is(err, errFatal) {
 				return err
 			}
@@ -527,6 +525,19 @@ func (c *Consumer) Run(ctx context.Context) (err error) {
 }
 
 var errFatal = errors.New("streamtx: fatal")
+
+// newRunner returns the state of a new Run: this consumer's pending
+// entries are read first.
+func (c *Consumer) newRunner() *runner {
+	return &runner{
+		Consumer:   c,
+		retries:    make(map[string]time.Time),
+		held:       make(map[string]*heldMsg),
+		recoverOwn: true,
+		ownCursor:  "0",
+		idleCursor: "0-0",
+	}
+}
 
 // start creates the group (and stream) when missing, retrying connection
 // errors until ctx is cancelled.
@@ -556,664 +567,6 @@ func (c *Consumer) ensureGroup(ctx context.Context) error {
 		return fmt.Errorf("%w: stream %q: %w", errFatal, c.cfg.Stream, err)
 	}
 	return fmt.Errorf("streamtx: create group %q on %q: %w", c.cfg.Group, c.cfg.Stream, err)
-}
-
-// step does one unit of work: recover own entries, retry due ones, claim
-// idle ones, or read new ones; then handles and commits what it got.
-func (c *Consumer) step(ctx, hctx context.Context) error {
-	now := time.Now()
-	var msgs []*Message
-	var err error
-	var due []string
-	claiming := false
-	if c.ahead == nil {
-		due = c.dueRetries(now)
-		claiming = c.recoverOwn || due != nil || !now.Before(c.nextClaim)
-	}
-	if claiming && c.inflight != nil {
-		// A claim bumps delivery counts: settle the commit in flight first,
-		// or the claim could fence it.
-		c.settleAndRerun(ctx, hctx)
-		return nil
-	}
-	switch {
-	case c.ahead != nil:
-		// The next batch was read while the last one was handled: handle it
-		// before anything else (a claim of our own entries would re-deliver
-		// it).
-		msgs, err = c.takeAhead(ctx)
-	case c.recoverOwn:
-		msgs, err = c.claimOwn(ctx)
-	case due != nil:
-		msgs, err = c.retry(ctx, due)
-	case !now.Before(c.nextClaim):
-		msgs, err = c.claimIdle(ctx)
-	case c.cfg.Retention.enabled() && !now.Before(c.nextTrim):
-		c.nextTrim = now.Add(c.cfg.Retention.Interval)
-		err = c.retain(ctx)
-	default:
-		msgs, err = c.read(ctx, now)
-	}
-	if err != nil {
-		return err
-	}
-	if len(msgs) > 0 {
-		c.process(ctx, hctx, msgs)
-	} else {
-		c.settleAndRerun(ctx, hctx)
-	}
-	return nil
-}
-
-// read reads new entries, blocking at most Block (less when a retry is due
-// sooner).
-func (c *Consumer) read(ctx context.Context, now time.Time) ([]*Message, error) {
-	block := c.cfg.Block
-	if d := c.nextClaim.Sub(now); d < block {
-		block = d
-	}
-	for _, due := range c.retries {
-		if d := due.Sub(now); d < block {
-			block = d
-		}
-	}
-	if block < time.Millisecond {
-		block = time.Millisecond
-	}
-	if c.inflight != nil {
-		// Do not wait with a commit in flight: read what is there, and
-		// settle the commit before blocking.
-		block = -1
-	}
-	msgs, err := c.readOnce(ctx, c.cfg.BatchSize, block)
-	if err != nil || len(msgs) == 0 || c.cfg.MaxBatchDelay == 0 {
-		return msgs, err
-	}
-	// Fill the batch until MaxBatchDelay has passed.
-	deadline := time.Now().Add(c.cfg.MaxBatchDelay)
-	for len(msgs) < c.cfg.BatchSize {
-		wait := time.Until(deadline)
-		if wait < time.Millisecond || ctx.Err() != nil {
-			break
-		}
-		more, err := c.readOnce(ctx, c.cfg.BatchSize-len(msgs), wait)
-		if err != nil {
-			// What was read is pending for us: handle it now.
-			c.log.Warn("streamtx: read failed while filling a batch", "err", err)
-			break
-		}
-		msgs = append(msgs, more...)
-	}
-	return msgs, nil
-}
-
-// readOnce reads up to count new entries, waiting at most block (no wait
-// when block < 0).
-func (c *Consumer) readOnce(ctx context.Context, count int, block time.Duration) ([]*Message, error) {
-	msgs, err := c.fetch(ctx, count, block)
-	if err != nil {
-		return nil, c.readFailed(ctx, err)
-	}
-	if c.inflight == nil {
-		c.healthy() // (with a commit in flight, its outcome decides)
-	}
-	return msgs, nil
-}
-
-// readFailed deals with a failed read and returns the error to report.
-func (c *Consumer) readFailed(ctx context.Context, err error) error {
-	if redis.HasErrorPrefix(err, "NOGROUP") {
-		c.log.Warn("streamtx: group or stream vanished; creating it again")
-		return c.ensureGroup(ctx)
-	}
-	if !refused(err) {
-		// Redis may have delivered entries whose reply was lost: they are
-		// pending for this consumer, so look there before reading on. (A
-		// refused read delivered nothing: recovering would only count one
-		// more delivery of what this consumer holds.)
-		c.recoverOwn, c.ownCursor = true, "0"
-	}
-	return fmt.Errorf("streamtx: read %q: %w", c.cfg.Stream, err)
-}
-
-// fetch reads up to count new entries with XREADGROUP. It touches nothing
-// of the consumer but its configuration and client, so a read-ahead can run
-// it beside the handlers.
-func (c *Consumer) fetch(ctx context.Context, count int, block time.Duration) ([]*Message, error) {
-	// The read is not cancelled with ctx: a reply cut off mid-way would leave
-	// entries delivered but unseen. Block bounds the wait instead.
-	res, err := c.rdb.XReadGroup(context.WithoutCancel(ctx), &redis.XReadGroupArgs{
-		Group:    c.cfg.Group,
-		Consumer: c.cfg.Consumer,
-		Streams:  []string{c.cfg.Stream, ">"},
-		Count:    int64(count),
-		Block:    block,
-	}).Result()
-	if errors.Is(err, redis.Nil) || (err == nil && len(res) == 0) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	n := 0
-	for _, s := range res {
-		n += len(s.Messages)
-	}
-	all := make([]Message, 0, n) // one allocation for the batch's messages
-	msgs := make([]*Message, 0, n)
-	for _, s := range res {
-		for _, m := range s.Messages {
-			vals := make(map[string]string, len(m.Values))
-			for k, v := range m.Values {
-				s, _ := v.(string)
-				vals[k] = s
-			}
-			all = append(all, Message{Stream: c.cfg.Stream, ID: m.ID, Values: vals, Deliveries: 1})
-			msgs = append(msgs, &all[len(all)-1])
-		}
-	}
-	return msgs, nil
-}
-
-// claimOwn takes back this consumer's own pending entries, one batch per
-// call, from the start of the pending list.
-func (c *Consumer) claimOwn(ctx context.Context) ([]*Message, error) {
-	reply, err := rdb.Run(context.WithoutCancel(ctx), c.rdb, c.scripts.Claim, []string{c.cfg.Stream},
-		c.cfg.Group, c.cfg.Consumer, "own", c.ownCursor, c.cfg.BatchSize)
-	if err != nil {
-		return nil, c.claimErr(ctx, err)
-	}
-	next, entries, deleted, err := rdb.ParseClaim(reply)
-	if err != nil {
-		return nil, err
-	}
-	if next == "0-0" {
-		c.recoverOwn, c.ownCursor = false, "0"
-	} else {
-		c.ownCursor = next
-	}
-	c.reportDeleted(deleted)
-	return c.messages(entries), nil
-}
-
-// retry returns the entries ids for another attempt: those held back for a
-// Redis fault as they are, the others re-delivered by claimIDs.
-func (c *Consumer) retry(ctx context.Context, ids []string) ([]*Message, error) {
-	var msgs []*Message
-	claim := ids[:0:0]
-	for _, id := range ids {
-		if h, ok := c.held[id]; ok {
-			delete(c.retries, id) // (held stays, counting attempts, until dueRetries sees it done)
-			msgs = append(msgs, h.msg)
-		} else {
-			claim = append(claim, id)
-		}
-	}
-	if len(claim) == 0 {
-		return msgs, nil
-	}
-	more, err := c.claimIDs(ctx, claim)
-	return append(msgs, more...), err
-}
-
-// claimIDs re-delivers the given entries to this consumer if it still owns
-// them: a retry after a handler error counts as a delivery.
-func (c *Consumer) claimIDs(ctx context.Context, ids []string) ([]*Message, error) {
-	args := make([]any, 0, 5+len(ids))
-	args = append(args, c.cfg.Group, c.cfg.Consumer, "ids", len(ids))
-	for _, id := range ids {
-		args = append(args, id)
-	}
-	reply, err := rdb.Run(context.WithoutCancel(ctx), c.rdb, c.scripts.Claim, []string{c.cfg.Stream}, args...)
-	if err != nil {
-		return nil, c.claimErr(ctx, err)
-	}
-	for _, id := range ids {
-		delete(c.retries, id)
-	}
-	_, entries, deleted, err := rdb.ParseClaim(reply)
-	if err != nil {
-		return nil, err
-	}
-	c.reportDeleted(deleted)
-	return c.messages(entries), nil
-}
-
-// claimIdle claims entries idle longer than ClaimIdle at other consumers.
-func (c *Consumer) claimIdle(ctx context.Context) ([]*Message, error) {
-	reply, err := rdb.Run(context.WithoutCancel(ctx), c.rdb, c.scripts.Claim, []string{c.cfg.Stream},
-		c.cfg.Group, c.cfg.Consumer, "idle", c.idleCursor, c.cfg.ClaimIdle.Milliseconds(), c.cfg.BatchSize)
-	if err != nil {
-		c.nextClaim = time.Now().Add(c.cfg.ClaimInterval)
-		return nil, c.claimErr(ctx, err)
-	}
-	next, entries, deleted, err := rdb.ParseClaim(reply)
-	if err != nil {
-		return nil, err
-	}
-	c.idleCursor = next
-	if next == "0-0" {
-		c.nextClaim = time.Now().Add(c.cfg.ClaimInterval)
-	}
-	c.reportDeleted(deleted)
-	msgs := c.messages(entries)
-	if len(msgs) > 0 {
-		ids := make([]string, len(msgs))
-		for i, m := range msgs {
-			ids[i] = m.ID
-		}
-		c.report(Event{Kind: EventClaim, IDs: ids})
-		c.log.Info("streamtx: claimed idle entries", "count", len(ids))
-	}
-	return msgs, nil
-}
-
-func (c *Consumer) claimErr(ctx context.Context, err error) error {
-	// A claim whose reply was lost may have moved entries to this consumer.
-	c.recoverOwn, c.ownCursor = true, "0"
-	if redis.HasErrorPrefix(err, "NOGROUP") {
-		c.log.Warn("streamtx: group or stream vanished; creating it again")
-		return c.ensureGroup(ctx)
-	}
-	return fmt.Errorf("streamtx: claim on %q: %w", c.cfg.Stream, err)
-}
-
-func (c *Consumer) messages(entries []rdb.Entry) []*Message {
-	all := make([]Message, len(entries))
-	msgs := make([]*Message, len(entries))
-	for i, e := range entries {
-		all[i] = Message{Stream: c.cfg.Stream, ID: e.ID, Values: e.Values, Deliveries: e.Deliveries}
-		msgs[i] = &all[i]
-		delete(c.held, e.ID) // delivered again: this copy replaces the one held
-	}
-	return msgs
-}
-
-func (c *Consumer) reportDeleted(ids []string) {
-	if len(ids) == 0 {
-		return
-	}
-	for _, id := range ids {
-		delete(c.retries, id)
-	}
-	err := fmt.Errorf("streamtx: %d pending entries were deleted from %q before they were processed", len(ids), c.cfg.Stream)
-	c.report(Event{Kind: EventError, IDs: ids, Err: err})
-	c.log.Warn(err.Error(), "ids", ids)
-}
-
-// dueRetries returns the entries whose backoff has passed, oldest first, at
-// most one batch; nil when none is due.
-func (c *Consumer) dueRetries(now time.Time) []string {
-	var ids []string
-	for id, due := range c.retries {
-		if !due.After(now) {
-			ids = append(ids, id)
-		}
-	}
-	for id := range c.held {
-		if _, ok := c.retries[id]; !ok {
-			delete(c.held, id) // re-delivered and handled meanwhile
-		}
-	}
-	if len(ids) == 0 {
-		return nil
-	}
-	sort.Slice(ids, func(i, j int) bool { return rdb.IDLess(ids[i], ids[j]) })
-	if len(ids) > c.cfg.BatchSize {
-		ids = ids[:c.cfg.BatchSize]
-	}
-	return ids
-}
-
-// item is a handled entry with its sealed transaction.
-type item struct {
-	msg *Message
-	tx  *txnengine.Tx
-}
-
-// process runs the handler on msgs and sends their commit, which runs
-// while the next batch is read and handled. The commit before it is settled
-// first: if it was refused, the state this batch was handled on is gone, and
-// both are handled again (synchronously).
-func (c *Consumer) process(ctx, hctx context.Context, msgs []*Message) {
-	if msgs = c.isolateSuspects(ctx, hctx, msgs); len(msgs) == 0 {
-		return
-	}
-	// With a backlog, read the next batch now: Redis serves it (and the
-	// commit in flight) while the handlers run, instead of after.
-	backlog := len(msgs) == c.cfg.BatchSize && c.cfg.BatchSize > 1
-	if backlog && c.ahead == nil && ctx.Err() == nil && !c.stopping {
-		c.startReadAhead(ctx)
-	}
-	items := c.handle(hctx, msgs)
-	if rerun, ok := c.settle(ctx); !ok {
-		c.processSync(ctx, hctx, append(rerun, messagesOf(items)...))
-		return
-	}
-	if len(items) == 0 {
-		return
-	}
-	// Overlap the commit with the next read only when there is a backlog:
-	// otherwise it would only delay the outcome by a read.
-	c.inflight = c.startCommit(ctx, items, backlog)
-	if !backlog {
-		c.settleAndRerun(ctx, hctx)
-	}
-}
-
-// drainAhead handles what a read-ahead delivered, when Run stops with one
-// in flight: those entries are pending for this consumer already.
-func (c *Consumer) drainAhead(ctx, hctx context.Context) {
-	c.stopping = true
-	if c.ahead == nil {
-		return
-	}
-	msgs, err := c.takeAhead(ctx)
-	if err != nil {
-		c.log.Warn("streamtx: read-ahead failed while stopping", "err", err)
-		return
-	}
-	if len(msgs) > 0 {
-		c.process(ctx, hctx, msgs)
-	}
-}
-
-// readAhead is a read sent before the batch in hand is handled.
-type readAhead struct {
-	done chan struct{}
-	msgs []*Message
-	err  error
-}
-
-func (c *Consumer) startReadAhead(ctx context.Context) {
-	ra := &readAhead{done: make(chan struct{})}
-	c.ahead = ra
-	go func() {
-		defer close(ra.done)
-		ra.msgs, ra.err = c.fetch(ctx, c.cfg.BatchSize, -1)
-	}()
-}
-
-// takeAhead waits for the read-ahead and returns what it read.
-func (c *Consumer) takeAhead(ctx context.Context) ([]*Message, error) {
-	ra := c.ahead
-	c.ahead = nil
-	<-ra.done
-	if ra.err != nil {
-		return nil, c.readFailed(ctx, ra.err)
-	}
-	return ra.msgs, nil
-}
-
-// settleAndRerun settles the commit in flight and handles again what it
-// could not commit.
-func (c *Consumer) settleAndRerun(ctx, hctx context.Context) {
-	if rerun, ok := c.settle(ctx); !ok {
-		c.processSync(ctx, hctx, rerun)
-	}
-}
-
-// processSync handles and commits msgs, re-running them as long as the
-// commit is refused for a reason a re-run can fix.
-func (c *Consumer) processSync(ctx, hctx context.Context, msgs []*Message) {
-	for attempt := 1; len(msgs) > 0; attempt++ {
-		if ctx.Err() != nil && hctx.Err() != nil {
-			return
-		}
-		if attempt > 2 {
-			// Contended state: let the other consumer's commit through.
-			c.sleep(hctx, backoff(int64(attempt-2), time.Millisecond, 100*time.Millisecond))
-		}
-		items := c.handle(hctx, msgs)
-		if len(items) == 0 {
-			return
-		}
-		c.inflight = c.startCommit(ctx, items, false)
-		msgs, _ = c.settle(ctx)
-	}
-}
-
-// unique drops repeated entries from msgs. Two copies of an entry reach one
-// batch when a commit's entries are re-run together with the next batch and
-// Redis delivered some of them again meanwhile (a failover to a replica that
-// had not seen the first delivery). Both copies would pass the commit's
-// ownership check, so both would apply. The copy delivered last (the highest
-// delivery count, the one Redis holds now) is kept, at the first one's place.
-func unique(msgs []*Message) []*Message {
-	if len(msgs) < 2 {
-		return msgs
-	}
-	at := make(map[string]int, len(msgs))
-	out := make([]*Message, 0, len(msgs))
-	for _, m := range msgs {
-		if i, ok := at[m.ID]; ok {
-			if m.Deliveries > out[i].Deliveries {
-				out[i] = m
-			}
-			continue
-		}
-		at[m.ID] = len(out)
-		out = append(out, m)
-	}
-	return out
-}
-
-func messagesOf(items []item) []*Message {
-	msgs := make([]*Message, len(items))
-	for i, it := range items {
-		msgs[i] = it.msg
-	}
-	return msgs
-}
-
-// handle runs the handler on every message, each in its own transaction. A
-// failed transaction is rolled back and its entry scheduled for retry or
-// dead-lettered; the successful ones are returned, in the order of msgs.
-func (c *Consumer) handle(hctx context.Context, msgs []*Message) []item {
-	msgs = unique(msgs)
-	c.inHand.Store(&msgs)
-	defer c.inHand.Store(nil)
-	txs := make([]*txnengine.Tx, len(msgs))
-	errs := make([]error, len(msgs))
-	if p, ok := c.meta.(interface{ stateRef(*Message) txnengine.Ref }); ok {
-		refs := make([]txnengine.Ref, len(msgs))
-		for i, m := range msgs {
-			refs[i] = p.stateRef(m)
-		}
-		refresh := c.contended > 0
-		if refresh {
-			c.contended--
-		}
-		if err := c.states.Prefetch(hctx, refs, refresh); err != nil {
-			// The handlers load what they need themselves, and fail if
-			// Redis is really gone.
-			c.log.Warn("streamtx: prefetching state failed", "err", err)
-		}
-	}
-	// State changes are encoded once, at the end of the batch. A handler
-	// that fails after an earlier entry of the batch changed a record it
-	// touched leaves that record unusable: the batch's records go back to
-	// where they were, and its other entries run again (each pass leaves
-	// out one more failed entry). A value that does not encode sends the
-	// batch round once more encoding at every entry, to fail just the entry
-	// that made it.
-	run := make([]int, len(msgs))
-	for i := range run {
-		run[i] = i
-	}
-	for len(run) > 0 {
-		c.handlePass(hctx, msgs, run, txs, errs)
-		restore := c.states.NeedsRestore()
-		if !restore {
-			if err := c.states.EncodeBatch(); err != nil {
-				c.log.Warn("streamtx: state does not encode; handling the batch again, encoding after every entry", "err", err)
-				c.states.DeferEncoding(false)
-				restore = true
-			}
-		}
-		if !restore {
-			break
-		}
-		c.states.RestoreBatch()
-		next := run[:0]
-		for _, i := range run {
-			if errs[i] == nil {
-				next = append(next, i)
-			}
-		}
-		run = next
-	}
-	c.states.DeferEncoding(true)
-	items := make([]item, 0, len(msgs))
-	for i, m := range msgs {
-		delete(c.retries, m.ID)
-		if errs[i] != nil {
-			c.failed(hctx, m, errs[i])
-			continue
-		}
-		items = append(items, item{m, txs[i]})
-	}
-	return items
-}
-
-// handlePass handles msgs[i] for every i in run, in order (in lanes when
-// Parallelism asks for them), into txs[i] and errs[i].
-func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error) {
-	if c.cfg.Parallelism > 1 && len(run) > 1 {
-		c.handleLanes(hctx, msgs, run, txs, errs)
-		return
-	}
-	all := make([]txnengine.Tx, len(run)) // one allocation for the pass's transactions
-	for k, i := range run {
-		all[k].Reset(c.env, msgs[i].ID, 0)
-		txs[i] = &all[k]
-		errs[i] = c.handleOne(hctx, msgs[i], txs[i])
-		if errs[i] != nil && c.states.NeedsRestore() {
-			return // the rest would see a record the failure left behind
-		}
-	}
-}
-
-// handleOne runs the handler in tx and seals it, or rolls it back.
-func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txnengine.Tx) error {
-	if g, ok := m.Values[replayGroupField]; ok && g != c.cfg.Group {
-		// Replayed for another group: acknowledge, do not handle.
-		return nil
-	}
-	err := c.call(hctx, m, tx)
-	if err == nil {
-		err = tx.Seal()
-	}
-	if err != nil {
-		tx.Rollback()
-	}
-	return err
-}
-
-// handleLanes handles the msgs run names in Parallelism lanes by partition key, each lane
-// in order, and waits for all of them.
-func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error) {
-	c.states.BeginBatch()
-	n := c.cfg.Parallelism
-	lanes := make([][]int, n)
-	for _, i := range run {
-		l := int(maphash.String(c.laneSeed, c.cfg.PartitionKey(msgs[i])) % uint64(n))
-		lanes[l] = append(lanes[l], i)
-	}
-	var wg sync.WaitGroup
-	for l, idx := range lanes {
-		if len(idx) == 0 {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for _, i := range idx {
-				txs[i] = txnengine.NewInLane(c.env, msgs[i].ID, l+1)
-				errs[i] = c.handleOne(hctx, msgs[i], txs[i])
-				if errs[i] != nil && c.states.NeedsRestore() {
-					return // the rest of the lane would see what the failure left
-				}
-			}
-		}()
-	}
-	wg.Wait()
-}
-
-func (c *Consumer) call(ctx context.Context, m *Message, tx *txnengine.Tx) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = &PanicError{Value: r, Stack: debug.Stack()}
-		}
-	}()
-	if c.cfg.HandlerTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.HandlerTimeout)
-		defer cancel()
-	}
-	return c.h.Handle(ctx, m, (*txn.Tx)(tx))
-}
-
-// failed decides what happens to an entry whose handler failed: retry after
-// a backoff, or dead-letter it.
-func (c *Consumer) failed(hctx context.Context, m *Message, err error) {
-	if hctx.Err() != nil {
-		// Shutting down: the entry stays pending for the next owner.
-		return
-	}
-	var se *storeError
-	if errors.As(err, &se) {
-		c.hold(m, err)
-		return
-	}
-	permanent := IsPermanent(err) || errors.Is(err, txn.ErrBadPublish)
-	if permanent || m.Deliveries >= c.cfg.MaxDeliveries {
-		c.deadLetter(hctx, m, err)
-		return
-	}
-	d := c.backoff(m, err)
-	c.retries[m.ID] = time.Now().Add(d)
-	c.report(Event{Kind: EventRetry, IDs: []string{m.ID}, Deliveries: m.Deliveries, Err: err})
-	c.log.Info("streamtx: handler failed; will retry", "id", m.ID, "deliveries", m.Deliveries, "in", d, "err", err)
-}
-
-// hold keeps m to handle again as it is, after a backoff: Redis failed
-// under its handler (see storeError), which is not the entry's fault, so it
-// must not cost it a delivery.
-func (c *Consumer) hold(m *Message, err error) {
-	h := c.held[m.ID]
-	if h == nil {
-		h = &heldMsg{}
-	}
-	h.msg = m
-	h.attempts++
-	c.held[m.ID] = h
-	c.retries[m.ID] = time.Now().Add(backoff(h.attempts, 50*time.Millisecond, 5*time.Second))
-	c.fault(err, []string{m.ID}, h.attempts)
-}
-
-// heldMsg is an entry held back by hold.
-type heldMsg struct {
-	msg      *Message
-	attempts int64
-}
-
-func (c *Consumer) backoff(m *Message, err error) time.Duration {
-	if c.cfg.Backoff != nil {
-		return min(max(c.cfg.Backoff(m, err), 0), c.cfg.ClaimIdle/2)
-	}
-	return backoff(m.Deliveries, 100*time.Millisecond, min(10*time.Second, c.cfg.ClaimIdle/2))
-}
-
-// backoff is exponential from base, capped, with ±20% jitter.
-func backoff(n int64, base, cap time.Duration) time.Duration {
-	d := base
-	for i := int64(1); i < n && d < cap; i++ {
-		d *= 2
-	}
-	d = min(d, cap)
-	j := time.Duration(float64(d) * 0.2 * (2*rand.Float64() - 1))
-	return d + j
 }
 
 func (c *Consumer) sleep(ctx context.Context, d time.Duration) {

@@ -40,7 +40,7 @@ func TestBatchWithRepeatedEntriesAppliesThemOnce(t *testing.T) {
 	c, err := NewConsumer(rdb, Config{Stream: src, Group: "g", Consumer: "c", BatchSize: 4}, h)
 	require.NoError(t, err)
 	copies := []*Message{msgs[0], msgs[1], {Stream: src, ID: msgs[0].ID, Values: msgs[0].Values, Deliveries: 1}, msgs[1]}
-	c.processSync(ctx, ctx, copies)
+	c.newRunner().processSync(ctx, ctx, copies)
 
 	got, err := rdb.XRange(ctx, out, "-", "+").Result()
 	require.NoError(t, err)

@@ -1,5 +1,13 @@
 package streamtx
 
+// What the consumer does when something fails that is not the entry's
+// fault: Redis refusing a command (an ACL without a rule, memory full,
+// persistence failing, a read-only replica, a script error), Redis
+// unreachable while a handler loads state, and a process that died while it
+// held a batch. None of these may count against an entry: the entry keeps
+// its delivery count where the consumer can manage it, is never
+// acknowledged, and is never dead-lettered for it.
+
 import (
 	"context"
 	"errors"
@@ -10,14 +18,6 @@ import (
 
 	"github.com/streamtx/streamtx/internal/rdb"
 )
-
-// This file holds what the consumer does when something fails that is not
-// the entry's fault: Redis refusing a command (an ACL without a rule, memory
-// full, persistence failing, a read-only replica, a script error), Redis
-// unreachable while a handler loads state, and a process that died while it
-// held a batch. None of these may count against an entry: the entry keeps
-// its delivery count where the consumer can manage it, is never
-// acknowledged, and is never dead-lettered for it.
 
 // refused reports whether err is an error reply from Redis: the command (or
 // script) was refused or failed inside Redis, so it did not apply (streamtx's
@@ -34,6 +34,7 @@ func refused(err error) bool {
 type storeError struct{ err error }
 
 func (e *storeError) Error() string { return "streamtx: load state: " + e.err.Error() }
+
 func (e *storeError) Unwrap() error { return e.err }
 
 // unhealthy is what Health reports: the last failure of an operation that
@@ -114,10 +115,10 @@ const suspectTTL = 24 * time.Hour
 // claim: a high count alone says nothing against the entry. Handled alone,
 // an entry that kills the process is told apart from the batch-mates that
 // died with it (see handleAlone).
-func (c *Consumer) isolateSuspects(ctx, hctx context.Context, msgs []*Message) []*Message {
+func (r *runner) isolateSuspects(ctx, hctx context.Context, msgs []*Message) []*Message {
 	n := 0
 	for _, m := range msgs {
-		if m.Deliveries > c.cfg.MaxDeliveries {
+		if m.Deliveries > r.cfg.MaxDeliveries {
 			n++
 		}
 	}
@@ -125,13 +126,13 @@ func (c *Consumer) isolateSuspects(ctx, hctx context.Context, msgs []*Message) [
 		return msgs
 	}
 	// A suspect commits on its own, so the commit in flight goes first.
-	c.settleAndRerun(ctx, hctx)
+	r.settleAndRerun(ctx, hctx)
 	rest := make([]*Message, 0, len(msgs)-n)
 	for _, m := range unique(msgs) {
-		if m.Deliveries <= c.cfg.MaxDeliveries {
+		if m.Deliveries <= r.cfg.MaxDeliveries {
 			rest = append(rest, m)
 		} else if ctx.Err() == nil || hctx.Err() == nil {
-			c.handleAlone(ctx, hctx, m)
+			r.handleAlone(ctx, hctx, m)
 		}
 	}
 	return rest
@@ -142,27 +143,27 @@ func (c *Consumer) isolateSuspects(ctx, hctx context.Context, msgs []*Message) [
 // through the attempt, whatever its outcome. An entry whose count passes
 // MaxDeliveries killed the process every time it was handled alone: it is
 // dead-lettered with ErrCrashLoop without being handled again.
-func (c *Consumer) handleAlone(ctx, hctx context.Context, m *Message) {
-	key := c.space.Suspect(m.ID)
-	reply, err := rdb.Run(context.WithoutCancel(ctx), c.rdb, c.scripts.Suspect, []string{key}, suspectTTL.Milliseconds())
+func (r *runner) handleAlone(ctx, hctx context.Context, m *Message) {
+	key := r.space.Suspect(m.ID)
+	reply, err := rdb.Run(context.WithoutCancel(ctx), r.rdb, r.scripts.Suspect, []string{key}, suspectTTL.Milliseconds())
 	tries, ok := reply.(int64)
 	if err == nil && !ok {
 		err = fmt.Errorf("suspect.lua returned %T", reply)
 	}
 	if err != nil {
 		// Cannot count the attempt: do not make it yet.
-		c.hold(m, fmt.Errorf("streamtx: count an attempt at %s handled alone: %w", m.ID, err))
+		r.hold(m, fmt.Errorf("streamtx: count an attempt at %s handled alone: %w", m.ID, err))
 		return
 	}
-	if tries > c.cfg.MaxDeliveries {
-		c.deadLetter(hctx, m, Permanent(fmt.Errorf("%w: handled alone, it did not finish %d times (%d deliveries in all)",
+	if tries > r.cfg.MaxDeliveries {
+		r.deadLetter(hctx, m, Permanent(fmt.Errorf("%w: handled alone, it did not finish %d times (%d deliveries in all)",
 			ErrCrashLoop, tries-1, m.Deliveries)))
 	} else {
-		c.log.Info("streamtx: entry delivered more than MaxDeliveries times without a handler error; handling it alone",
+		r.log.Info("streamtx: entry delivered more than MaxDeliveries times without a handler error; handling it alone",
 			"id", m.ID, "deliveries", m.Deliveries, "attempt_alone", tries)
-		c.processSync(ctx, hctx, []*Message{m})
+		r.processSync(ctx, hctx, []*Message{m})
 	}
-	if err := c.rdb.Del(context.WithoutCancel(ctx), key).Err(); err != nil {
-		c.log.Warn("streamtx: cannot delete a suspect counter; it expires", "key", key, "err", err, "ttl", suspectTTL)
+	if err := r.rdb.Del(context.WithoutCancel(ctx), key).Err(); err != nil {
+		r.log.Warn("streamtx: cannot delete a suspect counter; it expires", "key", key, "err", err, "ttl", suspectTTL)
 	}
 }

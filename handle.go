@@ -1,0 +1,188 @@
+package streamtx
+
+// The handle stage: the handler runs on each entry of a batch in its own
+// transaction, in order or in lanes. It decides nothing about failures: it
+// returns them to the settle stage.
+
+import (
+	"context"
+	"hash/maphash"
+	"runtime/debug"
+	"sync"
+
+	"github.com/streamtx/streamtx/internal/txnengine"
+	"github.com/streamtx/streamtx/txn"
+)
+
+// unique drops repeated entries from msgs. Two copies of an entry reach one
+// batch when a commit's entries are re-run together with the next batch and
+// Redis delivered some of them again meanwhile (a failover to a replica that
+// had not seen the first delivery). Both copies would pass the commit's
+// ownership check, so both would apply. The copy delivered last (the highest
+// delivery count, the one Redis holds now) is kept, at the first one's place.
+func unique(msgs []*Message) []*Message {
+	if len(msgs) < 2 {
+		return msgs
+	}
+	at := make(map[string]int, len(msgs))
+	out := make([]*Message, 0, len(msgs))
+	for _, m := range msgs {
+		if i, ok := at[m.ID]; ok {
+			if m.Deliveries > out[i].Deliveries {
+				out[i] = m
+			}
+			continue
+		}
+		at[m.ID] = len(out)
+		out = append(out, m)
+	}
+	return out
+}
+
+// handle runs the handler on every message, each in its own transaction. A
+// failed transaction is rolled back and its entry scheduled for retry or
+// dead-lettered; the successful ones are returned, in the order of msgs.
+func (r *runner) handle(hctx context.Context, msgs []*Message) []item {
+	msgs = unique(msgs)
+	r.inHand.Store(&msgs)
+	defer r.inHand.Store(nil)
+	txs := make([]*txnengine.Tx, len(msgs))
+	errs := make([]error, len(msgs))
+	if p, ok := r.meta.(interface{ stateRef(*Message) txnengine.Ref }); ok {
+		refs := make([]txnengine.Ref, len(msgs))
+		for i, m := range msgs {
+			refs[i] = p.stateRef(m)
+		}
+		refresh := r.contended > 0
+		if refresh {
+			r.contended--
+		}
+		if err := r.states.Prefetch(hctx, refs, refresh); err != nil {
+			// The handlers load what they need themselves, and fail if
+			// Redis is really gone.
+			r.log.Warn("streamtx: prefetching state failed", "err", err)
+		}
+	}
+	// State changes are encoded once, at the end of the batch. A handler
+	// that fails after an earlier entry of the batch changed a record it
+	// touched leaves that record unusable: the batch's records go back to
+	// where they were, and its other entries run again (each pass leaves
+	// out one more failed entry). A value that does not encode sends the
+	// batch round once more encoding at every entry, to fail just the entry
+	// that made it.
+	run := make([]int, len(msgs))
+	for i := range run {
+		run[i] = i
+	}
+	for len(run) > 0 {
+		r.handlePass(hctx, msgs, run, txs, errs)
+		restore := r.states.NeedsRestore()
+		if !restore {
+			if err := r.states.EncodeBatch(); err != nil {
+				r.log.Warn("streamtx: state does not encode; handling the batch again, encoding after every entry", "err", err)
+				r.states.DeferEncoding(false)
+				restore = true
+			}
+		}
+		if !restore {
+			break
+		}
+		r.states.RestoreBatch()
+		next := run[:0]
+		for _, i := range run {
+			if errs[i] == nil {
+				next = append(next, i)
+			}
+		}
+		run = next
+	}
+	r.states.DeferEncoding(true)
+	items := make([]item, 0, len(msgs))
+	for i, m := range msgs {
+		delete(r.retries, m.ID)
+		if errs[i] != nil {
+			r.failed(hctx, m, errs[i])
+			continue
+		}
+		items = append(items, item{m, txs[i]})
+	}
+	return items
+}
+
+// handlePass handles msgs[i] for every i in run, in order (in lanes when
+// Parallelism asks for them), into txs[i] and errs[i].
+func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error) {
+	if c.cfg.Parallelism > 1 && len(run) > 1 {
+		c.handleLanes(hctx, msgs, run, txs, errs)
+		return
+	}
+	all := make([]txnengine.Tx, len(run)) // one allocation for the pass's transactions
+	for k, i := range run {
+		all[k].Reset(c.env, msgs[i].ID, 0)
+		txs[i] = &all[k]
+		errs[i] = c.handleOne(hctx, msgs[i], txs[i])
+		if errs[i] != nil && c.states.NeedsRestore() {
+			return // the rest would see a record the failure left behind
+		}
+	}
+}
+
+// handleOne runs the handler in tx and seals it, or rolls it back.
+func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txnengine.Tx) error {
+	if g, ok := m.Values[replayGroupField]; ok && g != c.cfg.Group {
+		// Replayed for another group: acknowledge, do not handle.
+		return nil
+	}
+	err := c.call(hctx, m, tx)
+	if err == nil {
+		err = tx.Seal()
+	}
+	if err != nil {
+		tx.Rollback()
+	}
+	return err
+}
+
+// handleLanes handles the msgs run names in Parallelism lanes by partition key, each lane
+// in order, and waits for all of them.
+func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error) {
+	c.states.BeginBatch()
+	n := c.cfg.Parallelism
+	lanes := make([][]int, n)
+	for _, i := range run {
+		l := int(maphash.String(c.laneSeed, c.cfg.PartitionKey(msgs[i])) % uint64(n))
+		lanes[l] = append(lanes[l], i)
+	}
+	var wg sync.WaitGroup
+	for l, idx := range lanes {
+		if len(idx) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, i := range idx {
+				txs[i] = txnengine.NewInLane(c.env, msgs[i].ID, l+1)
+				errs[i] = c.handleOne(hctx, msgs[i], txs[i])
+				if errs[i] != nil && c.states.NeedsRestore() {
+					return // the rest of the lane would see what the failure left
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (c *Consumer) call(ctx context.Context, m *Message, tx *txnengine.Tx) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	if c.cfg.HandlerTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.HandlerTimeout)
+		defer cancel()
+	}
+	return c.h.Handle(ctx, m, (*txn.Tx)(tx))
+}

@@ -1,0 +1,351 @@
+package streamtx
+
+// The read stage: where the next batch comes from — the read sent ahead,
+// this consumer's own pending entries after a restart or a lost reply,
+// entries due for a retry, idle entries of other consumers, or new ones.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/streamtx/streamtx/internal/rdb"
+)
+
+// step does one unit of work: recover own entries, retry due ones, claim
+// idle ones, or read new ones; then handles and commits what it got.
+func (r *runner) step(ctx, hctx context.Context) error {
+	now := time.Now()
+	var msgs []*Message
+	var err error
+	var due []string
+	claiming := false
+	if r.ahead == nil {
+		due = r.dueRetries(now)
+		claiming = r.recoverOwn || due != nil || !now.Before(r.nextClaim)
+	}
+	if claiming && r.inflight != nil {
+		// A claim bumps delivery counts: settle the commit in flight first,
+		// or the claim could fence it.
+		r.settleAndRerun(ctx, hctx)
+		return nil
+	}
+	switch {
+	case r.ahead != nil:
+		// The next batch was read while the last one was handled: handle it
+		// before anything else (a claim of our own entries would re-deliver
+		// it).
+		msgs, err = r.takeAhead(ctx)
+	case r.recoverOwn:
+		msgs, err = r.claimOwn(ctx)
+	case due != nil:
+		msgs, err = r.retry(ctx, due)
+	case !now.Before(r.nextClaim):
+		msgs, err = r.claimIdle(ctx)
+	case r.cfg.Retention.enabled() && !now.Before(r.nextTrim):
+		r.nextTrim = now.Add(r.cfg.Retention.Interval)
+		err = r.retain(ctx)
+	default:
+		msgs, err = r.read(ctx, now)
+	}
+	if err != nil {
+		return err
+	}
+	if len(msgs) > 0 {
+		r.process(ctx, hctx, msgs)
+	} else {
+		r.settleAndRerun(ctx, hctx)
+	}
+	return nil
+}
+
+// read reads new entries, blocking at most Block (less when a retry is due
+// sooner).
+func (r *runner) read(ctx context.Context, now time.Time) ([]*Message, error) {
+	block := r.cfg.Block
+	if d := r.nextClaim.Sub(now); d < block {
+		block = d
+	}
+	for _, due := range r.retries {
+		if d := due.Sub(now); d < block {
+			block = d
+		}
+	}
+	if block < time.Millisecond {
+		block = time.Millisecond
+	}
+	if r.inflight != nil {
+		// Do not wait with a commit in flight: read what is there, and
+		// settle the commit before blocking.
+		block = -1
+	}
+	msgs, err := r.readOnce(ctx, r.cfg.BatchSize, block)
+	if err != nil || len(msgs) == 0 || r.cfg.MaxBatchDelay == 0 {
+		return msgs, err
+	}
+	// Fill the batch until MaxBatchDelay has passed.
+	deadline := time.Now().Add(r.cfg.MaxBatchDelay)
+	for len(msgs) < r.cfg.BatchSize {
+		wait := time.Until(deadline)
+		if wait < time.Millisecond || ctx.Err() != nil {
+			break
+		}
+		more, err := r.readOnce(ctx, r.cfg.BatchSize-len(msgs), wait)
+		if err != nil {
+			// What was read is pending for us: handle it now.
+			r.log.Warn("streamtx: read failed while filling a batch", "err", err)
+			break
+		}
+		msgs = append(msgs, more...)
+	}
+	return msgs, nil
+}
+
+// readOnce reads up to count new entries, waiting at most block (no wait
+// when block < 0).
+func (r *runner) readOnce(ctx context.Context, count int, block time.Duration) ([]*Message, error) {
+	msgs, err := r.fetch(ctx, count, block)
+	if err != nil {
+		return nil, r.readFailed(ctx, err)
+	}
+	if r.inflight == nil {
+		r.healthy() // (with a commit in flight, its outcome decides)
+	}
+	return msgs, nil
+}
+
+// readFailed deals with a failed read and returns the error to report.
+func (r *runner) readFailed(ctx context.Context, err error) error {
+	if redis.HasErrorPrefix(err, "NOGROUP") {
+		r.log.Warn("streamtx: group or stream vanished; creating it again")
+		return r.ensureGroup(ctx)
+	}
+	if !refused(err) {
+		// Redis may have delivered entries whose reply was lost: they are
+		// pending for this consumer, so look there before reading on. (A
+		// refused read delivered nothing: recovering would only count one
+		// more delivery of what this consumer holds.)
+		r.recoverOwn, r.ownCursor = true, "0"
+	}
+	return fmt.Errorf("streamtx: read %q: %w", r.cfg.Stream, err)
+}
+
+// fetch reads up to count new entries with XREADGROUP. It touches nothing
+// of the consumer but its configuration and client, so a read-ahead can run
+// it beside the handlers.
+func (c *Consumer) fetch(ctx context.Context, count int, block time.Duration) ([]*Message, error) {
+	// The read is not cancelled with ctx: a reply cut off mid-way would leave
+	// entries delivered but unseen. Block bounds the wait instead.
+	res, err := c.rdb.XReadGroup(context.WithoutCancel(ctx), &redis.XReadGroupArgs{
+		Group:    c.cfg.Group,
+		Consumer: c.cfg.Consumer,
+		Streams:  []string{c.cfg.Stream, ">"},
+		Count:    int64(count),
+		Block:    block,
+	}).Result()
+	if errors.Is(err, redis.Nil) || (err == nil && len(res) == 0) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, s := range res {
+		n += len(s.Messages)
+	}
+	all := make([]Message, 0, n) // one allocation for the batch's messages
+	msgs := make([]*Message, 0, n)
+	for _, s := range res {
+		for _, m := range s.Messages {
+			vals := make(map[string]string, len(m.Values))
+			for k, v := range m.Values {
+				s, _ := v.(string)
+				vals[k] = s
+			}
+			all = append(all, Message{Stream: c.cfg.Stream, ID: m.ID, Values: vals, Deliveries: 1})
+			msgs = append(msgs, &all[len(all)-1])
+		}
+	}
+	return msgs, nil
+}
+
+// claimOwn takes back this consumer's own pending entries, one batch per
+// call, from the start of the pending list.
+func (r *runner) claimOwn(ctx context.Context) ([]*Message, error) {
+	reply, err := rdb.Run(context.WithoutCancel(ctx), r.rdb, r.scripts.Claim, []string{r.cfg.Stream},
+		r.cfg.Group, r.cfg.Consumer, "own", r.ownCursor, r.cfg.BatchSize)
+	if err != nil {
+		return nil, r.claimErr(ctx, err)
+	}
+	next, entries, deleted, err := rdb.ParseClaim(reply)
+	if err != nil {
+		return nil, err
+	}
+	if next == "0-0" {
+		r.recoverOwn, r.ownCursor = false, "0"
+	} else {
+		r.ownCursor = next
+	}
+	r.reportDeleted(deleted)
+	return r.messages(entries), nil
+}
+
+// retry returns the entries ids for another attempt: those held back for a
+// Redis fault as they are, the others re-delivered by claimIDs.
+func (r *runner) retry(ctx context.Context, ids []string) ([]*Message, error) {
+	var msgs []*Message
+	claim := ids[:0:0]
+	for _, id := range ids {
+		if h, ok := r.held[id]; ok {
+			delete(r.retries, id) // (held stays, counting attempts, until dueRetries sees it done)
+			msgs = append(msgs, h.msg)
+		} else {
+			claim = append(claim, id)
+		}
+	}
+	if len(claim) == 0 {
+		return msgs, nil
+	}
+	more, err := r.claimIDs(ctx, claim)
+	return append(msgs, more...), err
+}
+
+// claimIDs re-delivers the given entries to this consumer if it still owns
+// them: a retry after a handler error counts as a delivery.
+func (r *runner) claimIDs(ctx context.Context, ids []string) ([]*Message, error) {
+	args := make([]any, 0, 5+len(ids))
+	args = append(args, r.cfg.Group, r.cfg.Consumer, "ids", len(ids))
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	reply, err := rdb.Run(context.WithoutCancel(ctx), r.rdb, r.scripts.Claim, []string{r.cfg.Stream}, args...)
+	if err != nil {
+		return nil, r.claimErr(ctx, err)
+	}
+	for _, id := range ids {
+		delete(r.retries, id)
+	}
+	_, entries, deleted, err := rdb.ParseClaim(reply)
+	if err != nil {
+		return nil, err
+	}
+	r.reportDeleted(deleted)
+	return r.messages(entries), nil
+}
+
+// claimIdle claims entries idle longer than ClaimIdle at other consumers.
+func (r *runner) claimIdle(ctx context.Context) ([]*Message, error) {
+	reply, err := rdb.Run(context.WithoutCancel(ctx), r.rdb, r.scripts.Claim, []string{r.cfg.Stream},
+		r.cfg.Group, r.cfg.Consumer, "idle", r.idleCursor, r.cfg.ClaimIdle.Milliseconds(), r.cfg.BatchSize)
+	if err != nil {
+		r.nextClaim = time.Now().Add(r.cfg.ClaimInterval)
+		return nil, r.claimErr(ctx, err)
+	}
+	next, entries, deleted, err := rdb.ParseClaim(reply)
+	if err != nil {
+		return nil, err
+	}
+	r.idleCursor = next
+	if next == "0-0" {
+		r.nextClaim = time.Now().Add(r.cfg.ClaimInterval)
+	}
+	r.reportDeleted(deleted)
+	msgs := r.messages(entries)
+	if len(msgs) > 0 {
+		ids := make([]string, len(msgs))
+		for i, m := range msgs {
+			ids[i] = m.ID
+		}
+		r.report(Event{Kind: EventClaim, IDs: ids})
+		r.log.Info("streamtx: claimed idle entries", "count", len(ids))
+	}
+	return msgs, nil
+}
+
+func (r *runner) claimErr(ctx context.Context, err error) error {
+	// A claim whose reply was lost may have moved entries to this consumer.
+	r.recoverOwn, r.ownCursor = true, "0"
+	if redis.HasErrorPrefix(err, "NOGROUP") {
+		r.log.Warn("streamtx: group or stream vanished; creating it again")
+		return r.ensureGroup(ctx)
+	}
+	return fmt.Errorf("streamtx: claim on %q: %w", r.cfg.Stream, err)
+}
+
+func (r *runner) messages(entries []rdb.Entry) []*Message {
+	all := make([]Message, len(entries))
+	msgs := make([]*Message, len(entries))
+	for i, e := range entries {
+		all[i] = Message{Stream: r.cfg.Stream, ID: e.ID, Values: e.Values, Deliveries: e.Deliveries}
+		msgs[i] = &all[i]
+		delete(r.held, e.ID) // delivered again: this copy replaces the one held
+	}
+	return msgs
+}
+
+func (r *runner) reportDeleted(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	for _, id := range ids {
+		delete(r.retries, id)
+	}
+	err := fmt.Errorf("streamtx: %d pending entries were deleted from %q before they were processed", len(ids), r.cfg.Stream)
+	r.report(Event{Kind: EventError, IDs: ids, Err: err})
+	r.log.Warn(err.Error(), "ids", ids)
+}
+
+// dueRetries returns the entries whose backoff has passed, oldest first, at
+// most one batch; nil when none is due.
+func (r *runner) dueRetries(now time.Time) []string {
+	var ids []string
+	for id, due := range r.retries {
+		if !due.After(now) {
+			ids = append(ids, id)
+		}
+	}
+	for id := range r.held {
+		if _, ok := r.retries[id]; !ok {
+			delete(r.held, id) // re-delivered and handled meanwhile
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	sort.Slice(ids, func(i, j int) bool { return rdb.IDLess(ids[i], ids[j]) })
+	if len(ids) > r.cfg.BatchSize {
+		ids = ids[:r.cfg.BatchSize]
+	}
+	return ids
+}
+
+// readAhead is a read sent before the batch in hand is handled.
+type readAhead struct {
+	done chan struct{}
+	msgs []*Message
+	err  error
+}
+
+func (r *runner) startReadAhead(ctx context.Context) {
+	ra := &readAhead{done: make(chan struct{})}
+	r.ahead = ra
+	go func() {
+		defer close(ra.done)
+		ra.msgs, ra.err = r.fetch(ctx, r.cfg.BatchSize, -1)
+	}()
+}
+
+// takeAhead waits for the read-ahead and returns what it read.
+func (r *runner) takeAhead(ctx context.Context) ([]*Message, error) {
+	ra := r.ahead
+	r.ahead = nil
+	<-ra.done
+	if ra.err != nil {
+		return nil, r.readFailed(ctx, ra.err)
+	}
+	return ra.msgs, nil
+}

@@ -1,0 +1,267 @@
+package streamtx
+
+// The settle stage: what a commit's outcome, or a handler's failure, means
+// for the entries — acknowledged, handled again, retried after a backoff, or
+// dead-lettered.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/streamtx/streamtx/internal/rdb"
+	"github.com/streamtx/streamtx/txn"
+)
+
+// settle waits for the commit in flight, if any, and applies its outcome.
+// It reports ok when there was none or it committed; otherwise the state
+// changes made since were discarded, and rerun lists the entries to handle
+// again.
+func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
+	j := r.inflight
+	if j == nil {
+		return nil, true
+	}
+	r.inflight = nil
+	<-j.done
+	items := j.items
+	ids := make([]string, len(items))
+	for i, it := range items {
+		ids[i] = it.msg.ID
+	}
+	if refused(j.err) {
+		// Redis refused the script: nothing of it applied. Send it again,
+		// same entries, same delivery counts, until Redis takes it.
+		j.res, j.err = r.untilAccepted(ctx, "commit", ids, j.err, func() (rdb.Result, error) {
+			return r.retryScript(ctx, &j.lost, func(ctx context.Context) (any, error) {
+				return rdb.RunCommit(ctx, r.rdb, r.scripts, &j.cm)
+			})
+		})
+	}
+	if j.err != nil {
+		// The outcome is unknown: forget the state, re-scan our pending
+		// entries. What did commit is acknowledged and will not come back;
+		// what did not is handled again.
+		r.states.Discard()
+		r.recoverOwn, r.ownCursor = true, "0"
+		r.report(Event{Kind: EventError, IDs: ids, Err: j.err})
+		r.log.Error("streamtx: commit outcome unknown; entries stay pending and will be recovered", "err", j.err, "entries", len(ids))
+		return nil, false
+	}
+	r.healthy()
+	switch j.res.Code {
+	case rdb.CodeOK:
+		r.states.Committed(j.cm.States, j.cm.Token)
+		r.report(Event{Kind: EventCommit, IDs: ids, Duration: j.took})
+		return nil, true
+	case rdb.CodeNotOwned:
+		if j.lost && len(j.res.Index) == len(items) && r.acknowledged(ctx, ids) {
+			// Refused as not owned after a lost reply, and every entry is
+			// acknowledged: the attempt whose reply was lost committed.
+			r.states.Committed(j.cm.States, j.cm.Token)
+			r.report(Event{Kind: EventCommit, IDs: ids, Duration: time.Since(j.start)})
+			r.log.Info("streamtx: a commit's reply was lost; its retry found it applied", "entries", len(ids))
+			return nil, true
+		}
+		r.states.Discard()
+		drop := make(map[int]bool, len(j.res.Index))
+		var fenced []string
+		for _, i := range j.res.Index {
+			if i < len(items) {
+				drop[i] = true
+				fenced = append(fenced, items[i].msg.ID)
+				delete(r.retries, items[i].msg.ID)
+			}
+		}
+		r.report(Event{Kind: EventFenced, IDs: fenced, Err: ErrNotOwned})
+		r.log.Info("streamtx: entries no longer owned; dropped", "ids", fenced)
+		return remaining(items, drop), false
+	case rdb.CodeConflict:
+		// Other consumers write these records: refresh cached state before
+		// the next batches instead of failing their commits.
+		r.contended = 64
+		stale := make([]string, 0, len(j.res.Index))
+		for _, i := range j.res.Index {
+			if i < len(j.cm.States) {
+				stale = append(stale, j.cm.States[i].Key)
+			}
+		}
+		r.states.Rollback(stale)
+		r.report(Event{Kind: EventConflict, IDs: ids, Err: ErrVersionConflict})
+		return remaining(items, nil), false
+	default: // rdb.CodeWrongType
+		r.states.Rollback(nil)
+		bad := make(map[string]bool, len(j.res.Index))
+		for _, t := range j.res.Index {
+			if t < len(j.cm.Targets) {
+				bad[j.cm.Targets[t]] = true
+			}
+		}
+		drop := make(map[int]bool)
+		for p, i := range j.pubOwner {
+			if bad[j.cm.Publishes[p].Stream] && !drop[i] {
+				drop[i] = true
+				err := Permanent(fmt.Errorf("%w: %q", ErrWrongType, j.cm.Publishes[p].Stream))
+				r.deadLetter(ctx, items[i].msg, err)
+			}
+		}
+		return remaining(items, drop), false
+	}
+}
+
+// acknowledged reports whether none of ids is pending in the group any more
+// (false when that cannot be told).
+func (c *Consumer) acknowledged(ctx context.Context, ids []string) bool {
+	lo, hi := ids[0], ids[0]
+	for _, id := range ids {
+		lo, hi = minID(lo, id), maxID(hi, id)
+	}
+	rows, err := c.rdb.XPendingExt(context.WithoutCancel(ctx), &redis.XPendingExtArgs{
+		Stream: c.cfg.Stream, Group: c.cfg.Group, Start: lo, End: hi, Count: int64(len(ids)) + 1000,
+	}).Result()
+	if err != nil {
+		return false
+	}
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	for _, r := range rows {
+		if want[r.ID] {
+			return false
+		}
+	}
+	return len(rows) <= len(ids)+999 // the range was read whole
+}
+
+func minID(a, b string) string {
+	if rdb.IDLess(b, a) {
+		return b
+	}
+	return a
+}
+
+func maxID(a, b string) string {
+	if rdb.IDLess(a, b) {
+		return b
+	}
+	return a
+}
+
+func remaining(items []item, drop map[int]bool) []*Message {
+	var msgs []*Message
+	for i, it := range items {
+		if !drop[i] {
+			msgs = append(msgs, it.msg)
+		}
+	}
+	return msgs
+}
+
+// deadLetter moves m to the dead-letter stream in one script. If that
+// cannot be done now, the entry stays pending and is retried.
+func (r *runner) deadLetter(ctx context.Context, m *Message, cause error) {
+	text := cause.Error()
+	if len(text) > 4096 {
+		text = text[:4096]
+	}
+	args := make([]any, 0, 7+2*len(m.Values))
+	args = append(args, r.cfg.Group, r.cfg.Consumer, m.ID, m.Deliveries, text,
+		r.cfg.Clock().UnixMilli(), len(m.Values))
+	names := make([]string, 0, len(m.Values))
+	for k := range m.Values {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		args = append(args, escapeField(k), m.Values[k])
+	}
+	send := func() (rdb.Result, error) {
+		return r.runScript(ctx, r.scripts.DeadLetter, []string{r.cfg.Stream, r.dlq}, args)
+	}
+	res, err := send()
+	res, err = r.untilAccepted(ctx, "dead-letter move", []string{m.ID}, err, send)
+	switch {
+	case err != nil:
+	case res.Code == rdb.CodeOK:
+		r.report(Event{Kind: EventDeadLetter, IDs: []string{m.ID}, Deliveries: m.Deliveries, Err: cause})
+		r.log.Warn("streamtx: entry dead-lettered", "id", m.ID, "deliveries", m.Deliveries, "err", cause, "dlq", r.dlq)
+		return
+	case res.Code == rdb.CodeNotOwned:
+		r.report(Event{Kind: EventFenced, IDs: []string{m.ID}, Err: ErrNotOwned})
+		return
+	default:
+		err = fmt.Errorf("%w: dead-letter stream %q", ErrWrongType, r.dlq)
+	}
+	r.retries[m.ID] = time.Now().Add(r.backoff(m, err))
+	err = fmt.Errorf("streamtx: cannot dead-letter %s (it stays pending): %w", m.ID, err)
+	r.report(Event{Kind: EventError, IDs: []string{m.ID}, Err: err})
+	r.log.Error(err.Error(), "cause", cause)
+}
+
+// failed decides what happens to an entry whose handler failed: retry after
+// a backoff, or dead-letter it.
+func (r *runner) failed(hctx context.Context, m *Message, err error) {
+	if hctx.Err() != nil {
+		// Shutting down: the entry stays pending for the next owner.
+		return
+	}
+	var se *storeError
+	if errors.As(err, &se) {
+		r.hold(m, err)
+		return
+	}
+	permanent := IsPermanent(err) || errors.Is(err, txn.ErrBadPublish)
+	if permanent || m.Deliveries >= r.cfg.MaxDeliveries {
+		r.deadLetter(hctx, m, err)
+		return
+	}
+	d := r.backoff(m, err)
+	r.retries[m.ID] = time.Now().Add(d)
+	r.report(Event{Kind: EventRetry, IDs: []string{m.ID}, Deliveries: m.Deliveries, Err: err})
+	r.log.Info("streamtx: handler failed; will retry", "id", m.ID, "deliveries", m.Deliveries, "in", d, "err", err)
+}
+
+// hold keeps m to handle again as it is, after a backoff: Redis failed
+// under its handler (see storeError), which is not the entry's fault, so it
+// must not cost it a delivery.
+func (r *runner) hold(m *Message, err error) {
+	h := r.held[m.ID]
+	if h == nil {
+		h = &heldMsg{}
+	}
+	h.msg = m
+	h.attempts++
+	r.held[m.ID] = h
+	r.retries[m.ID] = time.Now().Add(backoff(h.attempts, 50*time.Millisecond, 5*time.Second))
+	r.fault(err, []string{m.ID}, h.attempts)
+}
+
+// heldMsg is an entry held back by hold.
+type heldMsg struct {
+	msg      *Message
+	attempts int64
+}
+
+func (c *Consumer) backoff(m *Message, err error) time.Duration {
+	if c.cfg.Backoff != nil {
+		return min(max(c.cfg.Backoff(m, err), 0), c.cfg.ClaimIdle/2)
+	}
+	return backoff(m.Deliveries, 100*time.Millisecond, min(10*time.Second, c.cfg.ClaimIdle/2))
+}
+
+// backoff is exponential from base, capped, with ±20% jitter.
+func backoff(n int64, base, cap time.Duration) time.Duration {
+	d := base
+	for i := int64(1); i < n && d < cap; i++ {
+		d *= 2
+	}
+	d = min(d, cap)
+	j := time.Duration(float64(d) * 0.2 * (2*rand.Float64() - 1))
+	return d + j
+}
