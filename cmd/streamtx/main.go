@@ -23,13 +23,23 @@
 //
 // Flags may come before or after the arguments. --redis (default: the
 // REDIS_URL environment variable, else redis://127.0.0.1:6379) takes a URL
-// as go-redis's ParseURL reads it: redis://[user:password@]host:port/db, or
-// rediss:// for TLS. With rediss://, --tls-ca FILE (default $REDIS_TLS_CA)
-// verifies the server against that CA certificate (PEM) instead of the
-// system's roots, and --tls-cert FILE --tls-key FILE (defaults
-// $REDIS_TLS_CERT, $REDIS_TLS_KEY) present a client certificate, for a
-// server with tls-auth-clients yes; the environment's defaults are ignored
-// with redis://. The dlq commands accept --dlq KEY for a consumer
+// in one of three forms:
+//
+//	redis://[USER:PASSWORD@]HOST:PORT[/DB]                     one server
+//	redis://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]?cluster=true
+//	                                                           a Redis Cluster, through any of its nodes
+//	redis-sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB]
+//	                                                           the master the sentinels at HOST:PORT name MASTER
+//
+// rediss:// and rediss-sentinel:// connect with TLS. USER and PASSWORD are
+// the Redis user's; sentinels that require a password of their own take it
+// as ?sentinel_password=P (and sentinel_username=U). Other query parameters
+// are go-redis's options (dial_timeout=3s, ...). With TLS, --tls-ca FILE
+// (default $REDIS_TLS_CA) verifies the servers against that CA certificate
+// (PEM) instead of the system's roots, and --tls-cert FILE --tls-key FILE
+// (defaults $REDIS_TLS_CERT, $REDIS_TLS_KEY) present a client certificate,
+// for servers with tls-auth-clients yes; the environment's defaults are
+// ignored without TLS. The dlq commands accept --dlq KEY for a consumer
 // configured with its own Config.DeadLetterStream.
 //
 // # Exit status
@@ -88,11 +98,15 @@ Commands:
 
 Global flags (also accepted after the command):
   --redis URL       Redis to use; default $REDIS_URL, else ` + defaultRedisURL + `
-                    (redis://[user:password@]host:port/db, rediss:// for TLS)
-  --tls-ca FILE     with rediss://: verify the server against this CA
+                    one server:  redis://[user:password@]host:port[/db]
+                    a cluster:   redis://[user:password@]host:port[,host:port...]?cluster=true
+                    Sentinel:    redis-sentinel://[user:password@]host:port[,host:port...]/master[/db]
+                                 (?sentinel_password=P for sentinels with a password)
+                    rediss:// and rediss-sentinel:// for TLS
+  --tls-ca FILE     with TLS: verify the servers against this CA
                     certificate (PEM); default $REDIS_TLS_CA, else the
                     system's roots
-  --tls-cert FILE   with rediss://: present this client certificate (PEM)
+  --tls-cert FILE   with TLS: present this client certificate (PEM)
   --tls-key FILE    and its key, for mutual TLS; default $REDIS_TLS_CERT
                     and $REDIS_TLS_KEY
 
@@ -149,7 +163,7 @@ type cli struct {
 	tlsCA          fileFlag // --tls-ca
 	tlsCert        fileFlag // --tls-cert
 	tlsKey         fileFlag // --tls-key
-	rdb            *redis.Client
+	rdb            redis.UniversalClient
 }
 
 // command is one subcommand.
@@ -239,14 +253,14 @@ func (c *cli) addRedisFlag(fs *flag.FlagSet) {
 	if def == "" {
 		def = defaultRedisURL
 	}
-	fs.StringVar(&c.redisURL, "redis", def, "Redis `URL` (redis://[user:password@]host:port/db; rediss:// for TLS)")
+	fs.StringVar(&c.redisURL, "redis", def, "Redis `URL`: redis://[user:password@]host:port[/db]; redis://host:port[,host:port...]?cluster=true for a cluster; redis-sentinel://host:port[,host:port...]/master[/db] for Sentinel; rediss:// and rediss-sentinel:// for TLS")
 	for _, f := range []struct {
 		v         *fileFlag
 		name, env string
 		usage     string
 	}{
-		{&c.tlsCA, "tls-ca", "REDIS_TLS_CA", "with rediss://, verify the server against this CA certificate `FILE` (PEM) instead of the system's roots"},
-		{&c.tlsCert, "tls-cert", "REDIS_TLS_CERT", "with rediss://, present this client certificate `FILE` (PEM); needs --tls-key"},
+		{&c.tlsCA, "tls-ca", "REDIS_TLS_CA", "with TLS, verify the servers against this CA certificate `FILE` (PEM) instead of the system's roots"},
+		{&c.tlsCert, "tls-cert", "REDIS_TLS_CERT", "with TLS, present this client certificate `FILE` (PEM); needs --tls-key"},
 		{&c.tlsKey, "tls-key", "REDIS_TLS_KEY", "the private key `FILE` (PEM) of --tls-cert"},
 	} {
 		if !f.v.set && f.v.path == "" {
@@ -275,31 +289,32 @@ func (f *fileFlag) Set(s string) error {
 	return nil
 }
 
-// client returns the Redis client for --redis, created on first use.
-func (c *cli) client() (*redis.Client, error) {
+// client returns the Redis client for --redis, created on first use: of
+// one server, of a cluster, or of the master Sentinel names.
+func (c *cli) client() (redis.UniversalClient, error) {
 	if c.rdb != nil {
 		return c.rdb, nil
 	}
-	opts, err := redis.ParseURL(c.redisURL)
+	target, err := parseRedisURL(c.redisURL)
 	if err != nil {
-		return nil, usagef("--redis %q: %v", redactURL(c.redisURL), err)
+		return nil, usagef("--redis %s: %v", redactURL(c.redisURL), err)
 	}
-	if err := c.setupTLS(opts); err != nil {
+	if err := c.setupTLS(target.tlsConfig()); err != nil {
 		return nil, err
 	}
-	c.rdb = redis.NewClient(opts)
+	c.rdb = target.newClient()
 	return c.rdb, nil
 }
 
-// setupTLS applies --tls-ca, --tls-cert and --tls-key to the options of a
-// rediss:// URL.
-func (c *cli) setupTLS(opts *redis.Options) error {
+// setupTLS applies --tls-ca, --tls-cert and --tls-key to the TLS
+// configuration of a rediss:// or rediss-sentinel:// URL (nil without TLS).
+func (c *cli) setupTLS(cfg *tls.Config) error {
 	ca, cert, key := c.tlsCA.path, c.tlsCert.path, c.tlsKey.path
-	if opts.TLSConfig == nil {
-		// The environment's defaults do not apply to redis://; flags are
+	if cfg == nil {
+		// The environment's defaults do not apply without TLS; flags are
 		// a mistake.
 		if c.tlsCA.set || c.tlsCert.set || c.tlsKey.set {
-			return usagef("--tls-ca, --tls-cert and --tls-key need a rediss:// URL, not %q", redactURL(c.redisURL))
+			return usagef("--tls-ca, --tls-cert and --tls-key need a rediss:// or rediss-sentinel:// URL, not %s", redactURL(c.redisURL))
 		}
 		return nil
 	}
@@ -315,32 +330,16 @@ func (c *cli) setupTLS(opts *redis.Options) error {
 		if !pool.AppendCertsFromPEM(b) {
 			return fmt.Errorf("--tls-ca %s: no PEM certificate in it", ca)
 		}
-		opts.TLSConfig.RootCAs = pool
+		cfg.RootCAs = pool
 	}
 	if cert != "" {
 		cert, err := tls.LoadX509KeyPair(cert, key)
 		if err != nil {
 			return fmt.Errorf("--tls-cert, --tls-key: %w", err)
 		}
-		opts.TLSConfig.Certificates = []tls.Certificate{cert}
+		cfg.Certificates = []tls.Certificate{cert}
 	}
 	return nil
-}
-
-// redactURL hides the password of a Redis URL for error messages.
-func redactURL(u string) string {
-	scheme, rest, ok := strings.Cut(u, "://")
-	if !ok {
-		return u
-	}
-	cred, host, ok := strings.Cut(rest, "@")
-	if !ok {
-		return u
-	}
-	if user, _, hasPass := strings.Cut(cred, ":"); hasPass {
-		return scheme + "://" + user + ":xxxxx@" + host
-	}
-	return u
 }
 
 // flags is a subcommand's flag set with its synopsis.

@@ -95,7 +95,7 @@ func runTrim(ctx context.Context, c *cli, args []string) error {
 
 // forceTrim trims stream to maxlen entries (byLen) or below minid, warning
 // about groups that lose entries they have not acknowledged.
-func (c *cli) forceTrim(ctx context.Context, rdb *redis.Client, stream string, byLen bool, maxlen int64, minid string, dry bool) error {
+func (c *cli) forceTrim(ctx context.Context, rdb redis.UniversalClient, stream string, byLen bool, maxlen int64, minid string, dry bool) error {
 	info, err := streamtx.Inspect(ctx, rdb, stream)
 	if err != nil {
 		return err
@@ -159,7 +159,7 @@ func (c *cli) forceTrim(ctx context.Context, rdb *redis.Client, stream string, b
 }
 
 // countBelow counts the entries of stream with IDs below id.
-func countBelow(ctx context.Context, rdb *redis.Client, stream, id string) (int64, error) {
+func countBelow(ctx context.Context, rdb redis.UniversalClient, stream, id string) (int64, error) {
 	if !idLess("0-0", id) {
 		return 0, nil
 	}
