@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -242,11 +241,10 @@ func Inspect(ctx context.Context, client redis.UniversalClient, stream string) (
 // streamErr maps a stream command's error to ErrStreamNotFound or
 // ErrNotAStream where it says so.
 func streamErr(stream string, err error) error {
-	msg := err.Error()
 	switch {
-	case strings.Contains(msg, "no such key"):
+	case redis.HasErrorPrefix(err, "no such key"): // ERR no such key
 		return fmt.Errorf("%w: %q", ErrStreamNotFound, stream)
-	case strings.HasPrefix(msg, "WRONGTYPE"):
+	case redis.HasErrorPrefix(err, "WRONGTYPE"):
 		return fmt.Errorf("%w: %q", ErrNotAStream, stream)
 	}
 	return fmt.Errorf("streamtx: inspect %q: %w", stream, err)
