@@ -39,28 +39,26 @@ func unique(msgs []*Message) []*Message {
 	return out
 }
 
-// handle runs the handler on every message, each in its own transaction. A
-// failed transaction is rolled back and its entry scheduled for retry or
-// dead-lettered; the successful ones are returned, in the order of msgs.
-func (r *runner) handle(hctx context.Context, msgs []*Message) []item {
+// handleBatch runs the handler on every message, each in its own transaction,
+// and returns the handled ones (in the order of msgs) and the failed ones
+// (rolled back), for the commit and settle stages. With refresh, the
+// batch's cached state records are reloaded first (another consumer changed
+// them lately). It changes nothing of the Run's state.
+func (c *Consumer) handleBatch(hctx context.Context, msgs []*Message, refresh bool) ([]item, []failure) {
 	msgs = unique(msgs)
-	r.inHand.Store(&msgs)
-	defer r.inHand.Store(nil)
+	c.inHand.Store(&msgs)
+	defer c.inHand.Store(nil)
 	txs := make([]*txnengine.Tx, len(msgs))
 	errs := make([]error, len(msgs))
-	if p, ok := r.meta.(interface{ stateRef(*Message) txnengine.Ref }); ok {
+	if p, ok := c.meta.(interface{ stateRef(*Message) txnengine.Ref }); ok {
 		refs := make([]txnengine.Ref, len(msgs))
 		for i, m := range msgs {
 			refs[i] = p.stateRef(m)
 		}
-		refresh := r.contended > 0
-		if refresh {
-			r.contended--
-		}
-		if err := r.states.Prefetch(hctx, refs, refresh); err != nil {
+		if err := c.states.Prefetch(hctx, refs, refresh); err != nil {
 			// The handlers load what they need themselves, and fail if
 			// Redis is really gone.
-			r.log.Warn("streamtx: prefetching state failed", "err", err)
+			c.log.Warn("streamtx: prefetching state failed", "err", err)
 		}
 	}
 	// State changes are encoded once, at the end of the batch. A handler
@@ -75,19 +73,19 @@ func (r *runner) handle(hctx context.Context, msgs []*Message) []item {
 		run[i] = i
 	}
 	for len(run) > 0 {
-		r.handlePass(hctx, msgs, run, txs, errs)
-		restore := r.states.NeedsRestore()
+		c.handlePass(hctx, msgs, run, txs, errs)
+		restore := c.states.NeedsRestore()
 		if !restore {
-			if err := r.states.EncodeBatch(); err != nil {
-				r.log.Warn("streamtx: state does not encode; handling the batch again, encoding after every entry", "err", err)
-				r.states.DeferEncoding(false)
+			if err := c.states.EncodeBatch(); err != nil {
+				c.log.Warn("streamtx: state does not encode; handling the batch again, encoding after every entry", "err", err)
+				c.states.DeferEncoding(false)
 				restore = true
 			}
 		}
 		if !restore {
 			break
 		}
-		r.states.RestoreBatch()
+		c.states.RestoreBatch()
 		next := run[:0]
 		for _, i := range run {
 			if errs[i] == nil {
@@ -96,17 +94,23 @@ func (r *runner) handle(hctx context.Context, msgs []*Message) []item {
 		}
 		run = next
 	}
-	r.states.DeferEncoding(true)
+	c.states.DeferEncoding(true)
 	items := make([]item, 0, len(msgs))
+	var failed []failure
 	for i, m := range msgs {
-		delete(r.retries, m.ID)
 		if errs[i] != nil {
-			r.failed(hctx, m, errs[i])
+			failed = append(failed, failure{m, errs[i]})
 			continue
 		}
 		items = append(items, item{m, txs[i]})
 	}
-	return items
+	return items, failed
+}
+
+// failure is an entry whose handler failed, and why.
+type failure struct {
+	msg *Message
+	err error
 }
 
 // handlePass handles msgs[i] for every i in run, in order (in lanes when

@@ -93,6 +93,18 @@ func (r *runner) processSync(ctx, hctx context.Context, msgs []*Message) {
 	}
 }
 
+// handle runs the handle stage (handleBatch) on msgs and the settle stage on its
+// failures, and returns what is ready to commit.
+func (r *runner) handle(hctx context.Context, msgs []*Message) []item {
+	refresh := r.contended > 0
+	if refresh {
+		r.contended--
+	}
+	items, failed := r.handleBatch(hctx, msgs, refresh)
+	r.settleFailures(hctx, items, failed)
+	return items
+}
+
 func messagesOf(items []item) []*Message {
 	msgs := make([]*Message, len(items))
 	for i, it := range items {

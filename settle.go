@@ -204,6 +204,19 @@ func (r *runner) deadLetter(ctx context.Context, m *Message, cause error) {
 	r.log.Error(err.Error(), "cause", cause)
 }
 
+// settleFailures settles a handled batch's entries: none of them waits for
+// a retry any more, except the failed ones, which are retried, held or
+// dead-lettered (see failed).
+func (r *runner) settleFailures(hctx context.Context, items []item, failed []failure) {
+	for _, it := range items {
+		delete(r.retries, it.msg.ID)
+	}
+	for _, f := range failed {
+		delete(r.retries, f.msg.ID)
+		r.failed(hctx, f.msg, f.err)
+	}
+}
+
 // failed decides what happens to an entry whose handler failed: retry after
 // a backoff, or dead-letter it.
 func (r *runner) failed(hctx context.Context, m *Message, err error) {
