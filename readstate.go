@@ -9,6 +9,7 @@ import (
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/msgp"
 	"github.com/streamtx/streamtx/internal/record"
+	"github.com/streamtx/streamtx/state"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -20,31 +21,42 @@ type Snapshot[S any] struct {
 	LastID  string // ID of the last entry applied
 }
 
-// ReadState reads the committed value of Stateful state name for stream and
-// group. It is safe to call while consumers run: it sees the last commit.
-func ReadState[S any](ctx context.Context, rdb redis.Cmdable, stream, group, name string) (Snapshot[S], error) {
+// ReadState reads the committed value of the state name (Stateful, or a
+// txn.State read with Get) for stream and group. It is safe to call while
+// consumers run: it sees the last commit. The value is decoded with codec
+// when one is given (the state's own, e.g. state.JSON), else as msgpack.
+func ReadState[S any](ctx context.Context, client redis.UniversalClient, stream, group, name string, codec ...state.Codec[S]) (Snapshot[S], error) {
 	sp, err := keys.NewSpace(stream, group)
 	if err != nil {
-		return Snapshot[S]{}, err
+		return Snapshot[S]{}, &ConfigError{Field: "stream", Reason: err.Error()}
 	}
-	return readState[S](ctx, rdb, sp.State(name))
+	return readState(ctx, client, sp.State(name), codec)
 }
 
-// ReadKeyedState reads the committed value of Keyed state name for one key.
-func ReadKeyedState[S any](ctx context.Context, rdb redis.Cmdable, stream, group, name, key string) (Snapshot[S], error) {
+// ReadKeyedState reads the committed value of the keyed state name (Keyed,
+// or a txn.State read with GetKey) for one key, as ReadState does.
+func ReadKeyedState[S any](ctx context.Context, client redis.UniversalClient, stream, group, name, key string, codec ...state.Codec[S]) (Snapshot[S], error) {
 	sp, err := keys.NewSpace(stream, group)
 	if err != nil {
-		return Snapshot[S]{}, err
+		return Snapshot[S]{}, &ConfigError{Field: "stream", Reason: err.Error()}
 	}
-	return readState[S](ctx, rdb, sp.KeyedState(name, key))
+	return readState(ctx, client, sp.KeyedState(name, key), codec)
 }
 
-func readState[S any](ctx context.Context, rdb redis.Cmdable, key string) (Snapshot[S], error) {
+func readState[S any](ctx context.Context, rdb redis.UniversalClient, key string, codec []state.Codec[S]) (Snapshot[S], error) {
+	if len(codec) > 1 {
+		return Snapshot[S]{Key: key}, &ConfigError{Field: "codec", Reason: "more than one"}
+	}
 	rec, err := record.Load(ctx, rdb, key)
 	if err != nil {
 		return Snapshot[S]{Key: key}, fmt.Errorf("streamtx: read state %q: %w", key, err)
 	}
-	v, err := msgp.Decode[S](rec.Data)
+	var v *S
+	if len(codec) == 1 && codec[0] != nil {
+		v, err = codec[0].Decode(rec.Data)
+	} else {
+		v, err = msgp.Decode[S](rec.Data)
+	}
 	if err != nil {
 		return Snapshot[S]{Key: key}, fmt.Errorf("%w: key %q (version %d): %w", txn.ErrStateDecode, key, rec.Version, err)
 	}

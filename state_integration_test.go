@@ -98,6 +98,11 @@ func TestTwoStatesInOneHandlerCommitTogetherOnce(t *testing.T) {
 		var st twoStock
 		require.NoError(t, json.Unmarshal(rec.Data, &st), "the JSON codec's record holds JSON: %q", rec.Data)
 		assert.Equal(t, n/3, st.Sold)
+		snap, err := streamtx.ReadKeyedState(ctx, e.rdb, src, "g", "stock", fmt.Sprintf("sku-%d", k), state.JSON[twoStock]())
+		require.NoError(t, err, "ReadKeyedState with the state's own codec")
+		assert.Equal(t, st, snap.Value)
+		_, err = streamtx.ReadKeyedState[twoStock](ctx, e.rdb, src, "g", "stock", fmt.Sprintf("sku-%d", k))
+		require.ErrorIs(t, err, txn.ErrStateDecode, "JSON is not msgpack")
 		for _, id := range st.IDs {
 			seen[id]++
 		}
