@@ -72,7 +72,23 @@
 // Config.MaxDeliveries, or at once for an error wrapped with Permanent, the
 // entry moves to the dead-letter stream in one script. Entries idle longer
 // than Config.ClaimIdle at another consumer are claimed; the old owner's late
-// commit is then refused.
+// commit is then refused. A long handler calls KeepAlive to keep its entries.
+//
+// Only the guilty entry is dead-lettered. An entry delivered more than
+// MaxDeliveries times without its handler failing (the processes holding its
+// batch died or paused) is handled again alone, and dead-lettered with
+// ErrCrashLoop only if the process keeps dying on it alone. A Redis error
+// reply (NOPERM, OOM, MISCONF, READONLY, …) is not the entry's fault: the
+// consumer retries without counting a delivery, reports the error, and
+// Consumer.Health returns it until Redis accepts again.
+//
+// # The pipeline
+//
+// Inside Run a batch goes through stages that hand each other values: read
+// (new entries, this consumer's own pending ones, due retries, idle ones
+// claimed from others, or the batch read ahead) → handle (the handler, in
+// lanes with Config.Parallelism) → commit (one script) → settle (acknowledged,
+// handled again, retried, or dead-lettered). Files are named after them.
 //
 // # Exactly once, and its limits
 //
@@ -88,6 +104,9 @@
 //
 // Run blocks until its context is cancelled, then stops reading, lets the
 // handler in hand finish (up to Config.ShutdownTimeout), commits, and returns
-// with no goroutine left. Ready is closed once the group exists. Events go
-// to Config.Observer and logs to Config.Logger.
+// with no goroutine left. Ready is closed once the group exists; Done when
+// the first Run has returned, and Err says why. Events go to
+// Config.Observer and logs to Config.Logger. Middleware goes in
+// Config.Middleware (or Wrap), so that it does not hide a Stateful or Keyed
+// handler from the consumer.
 package streamtx
