@@ -28,6 +28,36 @@ type commitJob struct {
 	res      rdb.Result
 	err      error
 	lost     bool // an attempt's reply was lost: it may have applied
+	sends    int  // the script's sends (retries are sends-1)
+
+	endSpan func(SettleResult) // ends the settle span, with Config.Tracing
+}
+
+// end ends j's settle span, if any, with outcome about n entries.
+func (j *commitJob) end(o SettleOutcome, n int, err error) {
+	if j.endSpan != nil {
+		j.endSpan(SettleResult{Outcome: o, Entries: n, Retries: max(j.sends-1, 0), Err: err})
+		j.endSpan = nil
+	}
+}
+
+// startSettleSpan starts the settle span of a commit of items, with
+// Config.Tracing.
+func (c *Consumer) startSettleSpan(ctx context.Context, items []item) func(SettleResult) {
+	t := c.cfg.Tracing
+	if t == nil {
+		return nil
+	}
+	st := SettleTrace{
+		Stream: c.cfg.Stream, Group: c.cfg.Group, Consumer: c.cfg.Consumer,
+		Entries:  make([]*Message, len(items)),
+		Contexts: make([]context.Context, len(items)),
+	}
+	for i, it := range items {
+		st.Entries[i], st.Contexts[i] = it.msg, it.ctx
+	}
+	_, end := t.StartSettle(ctx, st)
+	return end
 }
 
 // startCommit builds the commit of the handled items and sends it: in its
@@ -44,6 +74,7 @@ func (c *Consumer) startCommit(ctx context.Context, items []item, async bool) *c
 		},
 		done: make(chan struct{}),
 	}
+	j.endSpan = c.startSettleSpan(ctx, items)
 	j.cm.IDs = make([]string, 0, len(items))
 	j.cm.Deliveries = make([]int64, 0, len(items))
 	np := 0
@@ -74,6 +105,7 @@ func (c *Consumer) startCommit(ctx context.Context, items []item, async bool) *c
 	run := func() {
 		defer close(j.done)
 		j.res, j.err = c.retryScript(ctx, &j.lost, func(ctx context.Context) (any, error) {
+			j.sends++
 			return rdb.RunCommit(ctx, c.rdb, c.scripts, &j.cm)
 		})
 		j.took = time.Since(j.start)

@@ -91,6 +91,11 @@ type Config struct {
 	// Observer receives events (commits, conflicts, retries, dead letters,
 	// errors). Default: none.
 	Observer Observer
+	// Tracing, when set, gets a span for each handler run and each commit
+	// and dead-letter move, and the trace context travels in the entries the
+	// handler publishes and dead-letters (see Tracing; contrib/otel
+	// implements it with OpenTelemetry). Default: none.
+	Tracing Tracing
 	// Clock gives the time written into dead letters. Default time.Now.
 	Clock func() time.Time
 	// Parallelism is how many entries of one batch may be handled at once,

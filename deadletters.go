@@ -117,6 +117,11 @@ type ReplayResult struct {
 // and stx.replay.of (its first ID); consumers of other groups of the stream
 // acknowledge it without running their handler, so it is processed again
 // only by the group that failed it.
+//
+// It also carries a trace context (see Tracing): with a Tracing in ctx
+// (WithTracing) and a span in ctx, ctx's; otherwise the dead letter's (the
+// context of the span that moved it, when its consumer had a Tracing), or
+// the one the entry had before it failed.
 func ReplayDeadLetters(ctx context.Context, client redis.UniversalClient, dlq string, ids ...string) (ReplayResult, error) {
 	res := ReplayResult{Replayed: map[string]string{}}
 	all := len(ids) == 0
@@ -124,6 +129,10 @@ func ReplayDeadLetters(ctx context.Context, client redis.UniversalClient, dlq st
 	scripts, err := luaScripts()
 	if err != nil {
 		return res, err
+	}
+	var trace []string
+	if t := tracingFrom(ctx); t != nil {
+		trace = traceFields(t, ctx)
 	}
 	for {
 		var page []DeadLetter
@@ -151,7 +160,14 @@ func ReplayDeadLetters(ctx context.Context, client redis.UniversalClient, dlq st
 			if d.Stream == "" {
 				return res, fmt.Errorf("streamtx: dead letter %s in %q has no stx.stream", d.ID, dlq)
 			}
-			bySource[d.Stream] = append(bySource[d.Stream], d.ID)
+			args := bySource[d.Stream]
+			if args == nil {
+				args = append(args, len(trace)/2)
+				for _, f := range trace {
+					args = append(args, f)
+				}
+			}
+			bySource[d.Stream] = append(args, d.ID)
 		}
 		for src, batch := range bySource {
 			if _, ok := client.(*redis.ClusterClient); ok && keys.Slot(src) != keys.Slot(dlq) {

@@ -157,7 +157,7 @@ func (r *runner) handleAlone(ctx, hctx context.Context, m *Message) {
 	}
 	if tries > r.cfg.MaxDeliveries {
 		r.deadLetter(hctx, m, Permanent(fmt.Errorf("%w: handled alone, it did not finish %d times (%d deliveries in all)",
-			ErrCrashLoop, tries-1, m.Deliveries)))
+			ErrCrashLoop, tries-1, m.Deliveries)), nil)
 	} else {
 		r.log.Info("streamtx: entry delivered more than MaxDeliveries times without a handler error; handling it alone",
 			"id", m.ID, "deliveries", m.Deliveries, "attempt_alone", tries)

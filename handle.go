@@ -50,6 +50,10 @@ func (c *Consumer) handleBatch(hctx context.Context, msgs []*Message, refresh bo
 	defer c.inHand.Store(nil)
 	txs := make([]*txnengine.Tx, len(msgs))
 	errs := make([]error, len(msgs))
+	var ctxs []context.Context // the handlers' contexts, with Config.Tracing
+	if c.cfg.Tracing != nil {
+		ctxs = make([]context.Context, len(msgs))
+	}
 	if p, ok := c.meta.(interface{ stateRef(*Message) txnengine.Ref }); ok {
 		refs := make([]txnengine.Ref, len(msgs))
 		for i, m := range msgs {
@@ -73,7 +77,7 @@ func (c *Consumer) handleBatch(hctx context.Context, msgs []*Message, refresh bo
 		run[i] = i
 	}
 	for len(run) > 0 {
-		c.handlePass(hctx, msgs, run, txs, errs)
+		c.handlePass(hctx, msgs, run, txs, errs, ctxs)
 		restore := c.states.NeedsRestore()
 		if !restore {
 			if err := c.states.EncodeBatch(); err != nil {
@@ -98,11 +102,15 @@ func (c *Consumer) handleBatch(hctx context.Context, msgs []*Message, refresh bo
 	items := make([]item, 0, len(msgs))
 	var failed []failure
 	for i, m := range msgs {
+		var ctx context.Context
+		if ctxs != nil {
+			ctx = ctxs[i]
+		}
 		if errs[i] != nil {
-			failed = append(failed, failure{m, errs[i]})
+			failed = append(failed, failure{m, errs[i], ctx})
 			continue
 		}
-		items = append(items, item{m, txs[i]})
+		items = append(items, item{m, txs[i], ctx})
 	}
 	return items, failed
 }
@@ -111,31 +119,46 @@ func (c *Consumer) handleBatch(hctx context.Context, msgs []*Message, refresh bo
 type failure struct {
 	msg *Message
 	err error
+	ctx context.Context // the handler's context, with Config.Tracing
 }
 
 // handlePass handles msgs[i] for every i in run, in order (in lanes when
-// Parallelism asks for them), into txs[i] and errs[i].
-func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error) {
+// Parallelism asks for them), into txs[i] and errs[i] (and, with tracing,
+// the handler's context into ctxs[i]).
+func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error, ctxs []context.Context) {
 	if c.cfg.Parallelism > 1 && len(run) > 1 {
-		c.handleLanes(hctx, msgs, run, txs, errs)
+		c.handleLanes(hctx, msgs, run, txs, errs, ctxs)
 		return
 	}
 	all := make([]txnengine.Tx, len(run)) // one allocation for the pass's transactions
 	for k, i := range run {
 		all[k].Reset(c.env, msgs[i].ID, 0)
 		txs[i] = &all[k]
-		errs[i] = c.handleOne(hctx, msgs[i], txs[i])
+		errs[i] = c.handleOne(hctx, msgs[i], txs[i], len(msgs), ctxs, i)
 		if errs[i] != nil && c.states.NeedsRestore() {
 			return // the rest would see a record the failure left behind
 		}
 	}
 }
 
-// handleOne runs the handler in tx and seals it, or rolls it back.
-func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txnengine.Tx) error {
+// handleOne runs the handler in tx and seals it, or rolls it back. With
+// Config.Tracing, it runs in a process span, whose context it leaves in
+// ctxs[i] and whose trace context tx's publishes carry; batch is the size of
+// the batch, for the span.
+func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txnengine.Tx, batch int, ctxs []context.Context, i int) error {
 	if g, ok := m.Values[replayGroupField]; ok && g != c.cfg.Group {
 		// Replayed for another group: acknowledge, do not handle.
 		return nil
+	}
+	var end func(error)
+	if t := c.cfg.Tracing; t != nil {
+		m.attempts++
+		hctx, end = t.StartProcess(hctx, ProcessTrace{
+			Stream: c.cfg.Stream, Group: c.cfg.Group, Consumer: c.cfg.Consumer,
+			Msg: m, Attempt: m.attempts, BatchSize: batch,
+		})
+		ctxs[i] = hctx
+		tx.SetTrace(traceFields(t, hctx))
 	}
 	err := c.call(hctx, m, tx)
 	if err == nil {
@@ -144,12 +167,15 @@ func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txnengine.Tx)
 	if err != nil {
 		tx.Rollback()
 	}
+	if end != nil {
+		end(err)
+	}
 	return err
 }
 
 // handleLanes handles the msgs run names in Parallelism lanes by partition key, each lane
 // in order, and waits for all of them.
-func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error) {
+func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error, ctxs []context.Context) {
 	c.states.BeginBatch()
 	n := c.cfg.Parallelism
 	lanes := make([][]int, n)
@@ -167,7 +193,7 @@ func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int,
 			defer wg.Done()
 			for _, i := range idx {
 				txs[i] = txnengine.NewInLane(c.env, msgs[i].ID, l+1)
-				errs[i] = c.handleOne(hctx, msgs[i], txs[i])
+				errs[i] = c.handleOne(hctx, msgs[i], txs[i], len(msgs), ctxs, i)
 				if errs[i] != nil && c.states.NeedsRestore() {
 					return // the rest of the lane would see what the failure left
 				}

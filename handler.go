@@ -21,6 +21,8 @@ type Message struct {
 	ID         string
 	Values     map[string]string
 	Deliveries int64 // 1 on the first delivery; more after retries, claims and restarts
+
+	attempts int // handler runs on this delivery, counted only with Config.Tracing
 }
 
 // Handler processes one entry. Everything it does through tx — state changes

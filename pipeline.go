@@ -16,6 +16,7 @@ import (
 type item struct {
 	msg *Message
 	tx  *txnengine.Tx
+	ctx context.Context // the handler's context, with Config.Tracing (its process span)
 }
 
 // process runs the handler on msgs and sends their commit, which runs

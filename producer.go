@@ -40,6 +40,10 @@ type ProducerConfig struct {
 	// Clock gives the time of an Envelope published with a zero Time by
 	// PublishEnvelope. Default time.Now.
 	Clock func() time.Time
+
+	// Tracing, when set, gets a span for each publish, whose trace context
+	// the entry carries (see Tracing). Default: none.
+	Tracing Tracing
 }
 
 func (cfg *ProducerConfig) setDefaults() error {
@@ -154,8 +158,14 @@ func (p *Producer) Publish(ctx context.Context, stream string, values map[string
 	return p.publish(ctx, stream, values, o)
 }
 
-func (p *Producer) publish(ctx context.Context, stream string, values map[string]any, o publishOptions) (string, error) {
+func (p *Producer) publish(ctx context.Context, stream string, values map[string]any, o publishOptions) (id string, err error) {
 	tx := txnengine.New(nil, "")
+	if t := p.cfg.Tracing; t != nil {
+		var end func(string, error)
+		ctx, end = t.StartPublish(ctx, PublishTrace{Stream: stream, IdempotencyKey: o.key})
+		defer func() { end(id, err) }()
+		tx.SetTrace(traceFields(t, ctx))
+	}
 	if err := tx.Publish(stream, values); err != nil {
 		return "", fmt.Errorf("streamtx: publish: %w", err)
 	}

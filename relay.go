@@ -38,6 +38,10 @@ type RelayConfig struct {
 	MaxDeliveries int64
 	Logger        *slog.Logger
 	Observer      Observer
+	// Tracing: as in Config. A forward carries the context of the relay's
+	// process span (a child of the handler run that published it); without
+	// a Tracing, it carries the context the outbox entry has. Default: none.
+	Tracing Tracing
 	// Retention trims the outbox, never below what the relay group has
 	// forwarded and acknowledged. Default: no trimming.
 	Retention Retention
@@ -83,7 +87,7 @@ func NewRelay(client redis.UniversalClient, cfg RelayConfig) (*Consumer, error) 
 	if err != nil {
 		return nil, err
 	}
-	r := &relay{client: client, outbox: outbox, window: cfg.Window, script: scripts.Forward}
+	r := &relay{client: client, outbox: outbox, window: cfg.Window, script: scripts.Forward, tracing: cfg.Tracing}
 	return NewConsumer(client, Config{
 		Stream:        outbox,
 		Group:         RelayGroup,
@@ -94,6 +98,7 @@ func NewRelay(client redis.UniversalClient, cfg RelayConfig) (*Consumer, error) 
 		MaxDeliveries: cfg.MaxDeliveries,
 		Logger:        cfg.Logger,
 		Observer:      cfg.Observer,
+		Tracing:       cfg.Tracing,
 		Retention:     cfg.Retention,
 	}, r)
 }
@@ -103,6 +108,14 @@ type relay struct {
 	outbox string
 	window time.Duration
 	script *redis.Script
+
+	tracing Tracing
+}
+
+// isMeta reports whether k is a field of streamtx's own ("stx.…" but not an
+// escaped original field).
+func isMeta(k string) bool {
+	return strings.HasPrefix(k, metaPrefix) && !strings.HasPrefix(k, metaPrefix+metaPrefix)
 }
 
 // errRelayTarget is wrapped by the error for an outbox entry without a
@@ -118,17 +131,25 @@ func (r *relay) Handle(ctx context.Context, msg *Message, _ *txn.Tx) error {
 	if err != nil {
 		return Permanent(err)
 	}
+	// The publish's own fields were escaped into the outbox entry; its
+	// unescaped "stx." fields are the trace context it was made in, which
+	// a traced forward replaces with its own.
+	var trace []string
+	if r.tracing != nil {
+		trace = traceFields(r.tracing, ctx)
+	}
 	names := make([]string, 0, len(msg.Values))
 	for k := range msg.Values {
-		if k != outboxTargetField {
-			names = append(names, k)
+		if k == outboxTargetField || trace != nil && isMeta(k) {
+			continue
 		}
+		names = append(names, k)
 	}
 	if len(names) == 0 {
 		return Permanent(fmt.Errorf("outbox entry %s has no fields to forward", msg.ID))
 	}
 	sort.Strings(names)
-	args := make([]any, 0, 1+2*len(names))
+	args := make([]any, 0, 1+2*len(names)+len(trace))
 	args = append(args, r.window.Milliseconds())
 	for _, k := range names {
 		v := msg.Values[k]
@@ -136,6 +157,9 @@ func (r *relay) Handle(ctx context.Context, msg *Message, _ *txn.Tx) error {
 			k = k[len(metaPrefix):]
 		}
 		args = append(args, k, v)
+	}
+	for _, f := range trace {
+		args = append(args, f)
 	}
 	reply, err := rdb.Run(ctx, r.client, r.script, []string{target, rec}, args...)
 	if err != nil {

@@ -39,6 +39,7 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		// same entries, same delivery counts, until Redis takes it.
 		j.res, j.err = r.untilAccepted(ctx, "commit", ids, j.err, func() (rdb.Result, error) {
 			return r.retryScript(ctx, &j.lost, func(ctx context.Context) (any, error) {
+				j.sends++
 				return rdb.RunCommit(ctx, r.rdb, r.scripts, &j.cm)
 			})
 		})
@@ -51,6 +52,7 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		r.recoverOwn, r.ownCursor = true, "0"
 		r.report(Event{Kind: EventError, IDs: ids, Err: j.err})
 		r.log.Error("streamtx: commit outcome unknown; entries stay pending and will be recovered", "err", j.err, "entries", len(ids))
+		j.end(SettleError, len(ids), j.err)
 		return nil, false
 	}
 	r.healthy()
@@ -58,6 +60,7 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 	case rdb.CodeOK:
 		r.states.Committed(j.cm.States, j.cm.Token)
 		r.report(Event{Kind: EventCommit, IDs: ids, Duration: j.took})
+		j.end(SettleCommitted, len(ids), nil)
 		return nil, true
 	case rdb.CodeNotOwned:
 		if j.lost && len(j.res.Index) == len(items) && r.acknowledged(ctx, ids) {
@@ -66,6 +69,7 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 			r.states.Committed(j.cm.States, j.cm.Token)
 			r.report(Event{Kind: EventCommit, IDs: ids, Duration: time.Since(j.start)})
 			r.log.Info("streamtx: a commit's reply was lost; its retry found it applied", "entries", len(ids))
+			j.end(SettleCommitted, len(ids), nil)
 			return nil, true
 		}
 		r.states.Discard()
@@ -80,6 +84,7 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		}
 		r.report(Event{Kind: EventFenced, IDs: fenced, Err: ErrNotOwned})
 		r.log.Info("streamtx: entries no longer owned; dropped", "ids", fenced)
+		j.end(SettleFenced, len(fenced), ErrNotOwned)
 		return remaining(items, drop), false
 	case rdb.CodeConflict:
 		// Other consumers write these records: refresh cached state before
@@ -93,6 +98,7 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		}
 		r.states.Rollback(stale)
 		r.report(Event{Kind: EventConflict, IDs: ids, Err: ErrVersionConflict})
+		j.end(SettleConflict, len(ids), ErrVersionConflict)
 		return remaining(items, nil), false
 	default: // rdb.CodeWrongType
 		r.states.Rollback(nil)
@@ -103,13 +109,18 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 			}
 		}
 		drop := make(map[int]bool)
+		var wrong error
 		for p, i := range j.pubOwner {
 			if bad[j.cm.Publishes[p].Stream] && !drop[i] {
 				drop[i] = true
 				err := Permanent(fmt.Errorf("%w: %q", ErrWrongType, j.cm.Publishes[p].Stream))
-				r.deadLetter(ctx, items[i].msg, err)
+				if wrong == nil {
+					wrong = err
+				}
+				r.deadLetter(ctx, items[i].msg, err, items[i].ctx)
 			}
 		}
+		j.end(SettleDeadLettered, len(drop), wrong)
 		return remaining(items, drop), false
 	}
 }
@@ -164,8 +175,10 @@ func remaining(items []item, drop map[int]bool) []*Message {
 }
 
 // deadLetter moves m to the dead-letter stream in one script. If that
-// cannot be done now, the entry stays pending and is retried.
-func (r *runner) deadLetter(ctx context.Context, m *Message, cause error) {
+// cannot be done now, the entry stays pending and is retried. pctx is the
+// context of m's last handler run (its process span, with Config.Tracing),
+// or nil.
+func (r *runner) deadLetter(ctx context.Context, m *Message, cause error, pctx context.Context) {
 	text := cause.Error()
 	if len(text) > 4096 {
 		text = text[:4096]
@@ -181,23 +194,53 @@ func (r *runner) deadLetter(ctx context.Context, m *Message, cause error) {
 	for _, k := range names {
 		args = append(args, escapeField(k), m.Values[k])
 	}
+	sends := 0
+	var end func(SettleResult)
+	if t := r.cfg.Tracing; t != nil {
+		// The dead letter carries the context of its move's span (a child
+		// of the failed handler run's), under the names the entry's own
+		// context had: those are escaped with the other original fields.
+		parent := pctx
+		if parent == nil {
+			parent = ctx
+		}
+		var sctx context.Context
+		sctx, end = t.StartSettle(parent, SettleTrace{
+			Stream: r.cfg.Stream, Group: r.cfg.Group, Consumer: r.cfg.Consumer,
+			Entries: []*Message{m}, Contexts: []context.Context{pctx}, DeadLetter: true,
+		})
+		fields := traceFields(t, sctx)
+		args = append(args, len(fields)/2)
+		for _, f := range fields {
+			args = append(args, f)
+		}
+	}
 	send := func() (rdb.Result, error) {
+		sends++
 		return r.runScript(ctx, r.scripts.DeadLetter, []string{r.cfg.Stream, r.dlq}, args)
 	}
 	res, err := send()
 	res, err = r.untilAccepted(ctx, "dead-letter move", []string{m.ID}, err, send)
+	endSpan := func(o SettleOutcome, n int, err error) {
+		if end != nil {
+			end(SettleResult{Outcome: o, Entries: n, Retries: max(sends-1, 0), Err: err})
+		}
+	}
 	switch {
 	case err != nil:
 	case res.Code == rdb.CodeOK:
 		r.report(Event{Kind: EventDeadLetter, IDs: []string{m.ID}, Deliveries: m.Deliveries, Err: cause})
 		r.log.Warn("streamtx: entry dead-lettered", "id", m.ID, "deliveries", m.Deliveries, "err", cause, "dlq", r.dlq)
+		endSpan(SettleCommitted, 1, nil)
 		return
 	case res.Code == rdb.CodeNotOwned:
 		r.report(Event{Kind: EventFenced, IDs: []string{m.ID}, Err: ErrNotOwned})
+		endSpan(SettleFenced, 1, ErrNotOwned)
 		return
 	default:
 		err = fmt.Errorf("%w: dead-letter stream %q", ErrWrongType, r.dlq)
 	}
+	endSpan(SettleError, 1, err)
 	r.retries[m.ID] = time.Now().Add(r.backoff(m, err))
 	err = fmt.Errorf("streamtx: cannot dead-letter %s (it stays pending): %w", m.ID, err)
 	r.report(Event{Kind: EventError, IDs: []string{m.ID}, Err: err})
@@ -213,13 +256,14 @@ func (r *runner) settleFailures(hctx context.Context, items []item, failed []fai
 	}
 	for _, f := range failed {
 		delete(r.retries, f.msg.ID)
-		r.failed(hctx, f.msg, f.err)
+		r.failed(hctx, f.msg, f.err, f.ctx)
 	}
 }
 
 // failed decides what happens to an entry whose handler failed: retry after
-// a backoff, or dead-letter it.
-func (r *runner) failed(hctx context.Context, m *Message, err error) {
+// a backoff, or dead-letter it. pctx is the context of its handler run, or
+// nil (see deadLetter).
+func (r *runner) failed(hctx context.Context, m *Message, err error, pctx context.Context) {
 	if hctx.Err() != nil {
 		// Shutting down: the entry stays pending for the next owner.
 		return
@@ -231,7 +275,7 @@ func (r *runner) failed(hctx context.Context, m *Message, err error) {
 	}
 	permanent := IsPermanent(err) || errors.Is(err, txn.ErrBadPublish)
 	if permanent || m.Deliveries >= r.cfg.MaxDeliveries {
-		r.deadLetter(hctx, m, err)
+		r.deadLetter(hctx, m, err, pctx)
 		return
 	}
 	d := r.backoff(m, err)

@@ -11,6 +11,9 @@
 -- ARGV[6] -> time, Unix milliseconds (from the consumer's clock)
 -- ARGV[7] -> n, the number of original field/value pairs
 -- ARGV[8 .. 7+2n] -> the original fields and values, field names already escaped
+-- ARGV[8+2n] -> t, the number of trace context field/value pairs (optional: 0)
+-- ARGV[9+2n .. 8+2n+2t] -> the trace context fields ("stx.traceparent", …) and
+--               values of the span the move is made in, added unescaped
 --
 -- Returns:
 --   {0, dlqID}  moved: the dead letter was appended and the entry acknowledged
@@ -50,6 +53,10 @@ local args = {'XADD', dlq, '*',
   'stx.error', ARGV[5], 'stx.deliveries', ARGV[4], 'stx.time', ARGV[6]}
 local n = tonumber(ARGV[7])
 for j = 8, 7 + 2 * n do
+  args[#args + 1] = ARGV[j]
+end
+local t = tonumber(ARGV[8 + 2 * n] or '0')
+for j = 9 + 2 * n, 8 + 2 * n + 2 * t do
   args[#args + 1] = ARGV[j]
 end
 local dlqID = redis.call(unpack(args))

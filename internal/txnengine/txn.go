@@ -46,6 +46,7 @@ type Tx struct {
 	touched []*Slot
 	err     error
 	lane    int
+	trace   []string // trace context fields added to every publish (see SetTrace)
 
 	// Most handlers publish once and touch one record: room for those in
 	// the Tx itself saves an allocation each.
@@ -86,6 +87,12 @@ func NewInLane(env *Env, entryID string, lane int) *Tx {
 	return &Tx{entryID: entryID, env: env, lane: lane}
 }
 
+// SetTrace makes every later Publish of tx carry fields (name, value, …):
+// the trace context of the handler run. A publish's own values of the same
+// names are left out. The fields are added after Env.Route, unescaped, so
+// that an outbox entry carries them as its own.
+func (tx *Tx) SetTrace(fields []string) { tx.trace = fields }
+
 // EntryID returns the ID of the entry being handled.
 func (tx *Tx) EntryID() string { return tx.entryID }
 
@@ -125,15 +132,21 @@ func (tx *Tx) publish(stream string, values map[string]any) error {
 		return fmt.Errorf("%w: to %q: no values", ErrBadPublish, stream)
 	}
 	// Field names first, sorted, then each followed by its value.
-	kv := make([]string, 0, 2*len(values))
+	kv := make([]string, 0, 2*len(values)+len(tx.trace))
 	for k := range values {
-		kv = append(kv, k)
+		if tx.trace == nil || !tx.traced(k) {
+			kv = append(kv, k)
+		}
+	}
+	if len(kv) == 0 {
+		return fmt.Errorf("%w: to %q: no values but trace context", ErrBadPublish, stream)
 	}
 	if len(kv) > 1 {
 		sort.Strings(kv)
 	}
-	kv = kv[:2*len(values)]
-	for i := len(values) - 1; i >= 0; i-- {
+	n := len(kv)
+	kv = kv[:2*n]
+	for i := n - 1; i >= 0; i-- {
 		k := kv[i]
 		v, err := format(values[k])
 		if err != nil {
@@ -147,11 +160,24 @@ func (tx *Tx) publish(stream string, values map[string]any) error {
 			return fmt.Errorf("%w: to %q: %w", ErrBadPublish, stream, err)
 		}
 	}
+	if tx.trace != nil {
+		p.Fields = append(p.Fields, tx.trace...)
+	}
 	if tx.pubs == nil {
 		tx.pubs = tx.pub1[:0]
 	}
 	tx.pubs = append(tx.pubs, p)
 	return nil
+}
+
+// traced reports whether field is one of the trace fields.
+func (tx *Tx) traced(field string) bool {
+	for i := 0; i < len(tx.trace); i += 2 {
+		if tx.trace[i] == field {
+			return true
+		}
+	}
+	return false
 }
 
 func format(v any) (string, error) {
