@@ -180,6 +180,11 @@ func TestACLRemoveIdleConsumers(t *testing.T) {
 	src := e.key("s")
 	require.NoError(t, e.rdb.XGroupCreateMkStream(ctx, src, "g", "0").Err())
 	require.NoError(t, e.rdb.XGroupCreateConsumer(ctx, src, "g", "idle").Err())
+	// Redis counts idle time in milliseconds: wait until it is not 0.
+	eventually(t, "consumer idle for 1ms", func() bool {
+		cs, err := e.rdb.XInfoConsumers(ctx, src, "g").Result()
+		return err == nil && len(cs) == 1 && cs[0].Idle > 0
+	})
 	rules := append(redistest.ACLRules(redistest.RoleConsumer, "~"+e.p+"*"), "+xinfo|consumers", "+xgroup|delconsumer")
 	user, pw := redistest.CreateACLUserRules(t, e.rdb, "cleanup", rules)
 	removed, err := streamtx.RemoveIdleConsumers(ctx, e.login(srv, user, pw), src, "g", time.Nanosecond)
