@@ -386,4 +386,3 @@ func TestConflictRerunIsSecondAttempt(t *testing.T) {
 	}
 	assert.ElementsMatch(t, []string{"conflict", "committed"}, outcomes)
 }
-
