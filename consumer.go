@@ -263,6 +263,7 @@ type Consumer struct {
 	scripts  *rdb.Scripts
 	states   *txnengine.States
 	env      *txnengine.Env
+	topics   topicCache // for tx.PublishKeyed
 	log      *slog.Logger
 
 	running   atomic.Bool
@@ -362,6 +363,7 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		States:            c.states,
 		Route:             c.route,
 		IdempotencyPrefix: cfg.Stream + "/" + cfg.Group + "/",
+		Topic:             c.topics.resolver(client),
 	}
 	return c, nil
 }

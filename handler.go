@@ -22,6 +22,15 @@ type Message struct {
 	Values     map[string]string
 	Deliveries int64 // 1 on the first delivery; more after retries, claims and restarts
 
+	// Key is the entry's key when it was published by key
+	// (Producer.PublishKeyed, tx.PublishKeyed): the value of its reserved
+	// field "stx.key", which Values holds too. "" for an entry without one.
+	Key string
+	// Partition is the topic partition the entry was read from, or -1 when
+	// the consumer reads a plain stream (Config.Stream) — which every
+	// consumer does for now, a partition stream included.
+	Partition int
+
 	attempts int // handler runs on this delivery, counted only with Config.Tracing
 }
 

@@ -86,6 +86,7 @@ type Producer struct {
 	cfg    ProducerConfig
 	script *redis.Script
 	trim   [3]any // strategy, operator, threshold: the script's ARGV[2..4]
+	topics topicCache
 }
 
 // NewProducer validates cfg, applies its defaults and returns a Producer. It

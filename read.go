@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/streamtx/streamtx/internal/partition"
 	"github.com/streamtx/streamtx/internal/rdb"
 )
 
@@ -166,7 +167,7 @@ func (c *Consumer) fetch(ctx context.Context, count int, block time.Duration) ([
 				s, _ := v.(string)
 				vals[k] = s
 			}
-			all = append(all, Message{Stream: c.cfg.Stream, ID: m.ID, Values: vals, Deliveries: 1})
+			all = append(all, Message{Stream: c.cfg.Stream, ID: m.ID, Values: vals, Deliveries: 1, Key: vals[partition.KeyField], Partition: -1})
 			msgs = append(msgs, &all[len(all)-1])
 		}
 	}
@@ -280,7 +281,7 @@ func (r *runner) messages(entries []rdb.Entry) []*Message {
 	all := make([]Message, len(entries))
 	msgs := make([]*Message, len(entries))
 	for i, e := range entries {
-		all[i] = Message{Stream: r.cfg.Stream, ID: e.ID, Values: e.Values, Deliveries: e.Deliveries}
+		all[i] = Message{Stream: r.cfg.Stream, ID: e.ID, Values: e.Values, Deliveries: e.Deliveries, Key: e.Values[partition.KeyField], Partition: -1}
 		msgs[i] = &all[i]
 		delete(r.held, e.ID) // delivered again: this copy replaces the one held
 	}

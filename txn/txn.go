@@ -73,6 +73,24 @@ func (tx *Tx) Publish(stream string, values map[string]any) error {
 	return tx.engine().Publish(stream, values)
 }
 
-// Err returns the first error Publish returned, if any: the consumer fails
-// the handler call with it even if the handler returned nil.
+// PublishKeyed buffers a publish of values to topic, a partitioned topic
+// (see streamtx.CreateTopic), like Publish: to the partition that key goes to
+// (streamtx.Topic.PartitionOf), with key in the reserved field "stx.key".
+// The first keyed publish of a consumer to a topic reads the topic's
+// metadata from Redis; the consumer then remembers it, so later ones make
+// no round trip.
+//
+// It returns an error wrapping ErrBadPublish — and the entry fails
+// permanently — for an unknown topic, an empty key, values that hold
+// "stx.key", or any reason Publish has (a partition in another cluster slot
+// than the entry's stream, without CrossSlotRelay: co-locate the topics, see
+// streamtx.TopicConfig.Colocate). When the topic's metadata cannot be read
+// (Redis unreachable), the error does not wrap ErrBadPublish and the handler
+// call is retried. The error also sticks to the Tx (see Err).
+func (tx *Tx) PublishKeyed(topic, key string, values map[string]any) error {
+	return tx.engine().PublishKeyed(topic, key, values)
+}
+
+// Err returns the first error Publish or PublishKeyed returned, if any: the
+// consumer fails the handler call with it even if the handler returned nil.
 func (tx *Tx) Err() error { return tx.engine().Err() }

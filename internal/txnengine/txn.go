@@ -20,6 +20,8 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+
+	"github.com/streamtx/streamtx/internal/partition"
 )
 
 // ErrBadPublish is returned by Publish for a publish that can never commit: an
@@ -66,6 +68,11 @@ type Env struct {
 	// IdempotencyPrefix is put before the entry ID to make IdempotencyKey;
 	// the consumer sets it to identify the stream and group.
 	IdempotencyPrefix string
+	// Topic resolves a topic name for PublishKeyed, without a round trip
+	// once the topic is known. An error wrapping ErrBadPublish means the
+	// topic can never be published to; any other fails the handler call
+	// (and is retried). Nil: PublishKeyed fails.
+	Topic func(name string) (*partition.Meta, error)
 }
 
 // New returns the transaction for the entry with the given ID.
