@@ -245,3 +245,38 @@ func label(m *dto.Metric, name string) string {
 	}
 	return ""
 }
+
+type hiddenState struct {
+	N      int
+	secret int //nolint:unused // what the consumer's check must still find
+}
+
+type countState struct{ N int }
+
+// InstrumentHandler, even twice, does not hide a Stateful or Keyed handler
+// from the consumer: the state type is still checked, and Keyed's key still
+// drives Parallelism's lanes.
+func TestInstrumentHandlerTwiceKeepsTheHandlerVisible(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m := stxprom.NewMetrics(stxprom.Options{})
+	twice := func(h streamtx.Handler) streamtx.Handler {
+		return m.InstrumentHandler(m.InstrumentHandler(h, "s", "g"), "s", "g")
+	}
+	key := func(msg *streamtx.Message) string { return msg.Values["k"] }
+	cfg := streamtx.Config{Stream: "s", Group: "g", Consumer: "c", Parallelism: 4}
+
+	_, err := streamtx.NewConsumer(rdb, cfg, twice(streamtx.Keyed("k", key,
+		func(context.Context, *streamtx.Message, *countState, *txn.Tx) error { return nil })))
+	require.NoError(t, err, "Keyed's key function is found through the wrappers")
+
+	for _, h := range []streamtx.Handler{
+		streamtx.Stateful("h", func(context.Context, *streamtx.Message, *hiddenState, *txn.Tx) error { return nil }),
+		streamtx.Keyed("h", key, func(context.Context, *streamtx.Message, *hiddenState, *txn.Tx) error { return nil }),
+	} {
+		_, err := streamtx.NewConsumer(rdb, streamtx.Config{Stream: "s", Group: "g", Consumer: "c"}, twice(h))
+		require.ErrorIs(t, err, streamtx.ErrConfig)
+		require.ErrorContains(t, err, "secret")
+	}
+}
