@@ -1,0 +1,603 @@
+package streamtxtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/streamtx/streamtx"
+	"github.com/streamtx/streamtx/internal/keys"
+	"github.com/streamtx/streamtx/state"
+)
+
+// Options configures a Tester. The zero value of every field means its
+// default.
+//
+// Partitioned topics (Topic and Partitions instead of Stream, and
+// Tester.SendKeyed) will come with the consumer's support for them; for now
+// a Tester consumes one plain stream.
+type Options struct {
+	// Stream is the source stream, as the handler knows it. Default
+	// "stream". On a shared Redis (REDIS_ADDR) it is stored under the
+	// test's key prefix (see Tester.Key).
+	Stream string
+	// Group is the consumer group. Default "test".
+	Group string
+	// Consumer is the name of the consumer that Drain runs. Default
+	// "test-1".
+	Consumer string
+	// Config is what a real consumer takes. Stream, Group and Consumer in
+	// it are ignored (the fields above set them). The Tester changes these
+	// defaults, and only when the field is left zero:
+	//
+	//   - Block: 10ms (it bounds how long stopping a consumer takes);
+	//   - Backoff: 1ms, so that retries are immediate (what your Backoff
+	//     returns is waited for in real time);
+	//   - Clock: the Tester's clock (Now, Advance).
+	//
+	// Config.Observer is still called: the Tester observes too, for Drain's
+	// report.
+	Config streamtx.Config
+	// DrainTimeout bounds one Drain, in real time. Default 10s.
+	DrainTimeout time.Duration
+}
+
+func (o *Options) setDefaults() {
+	if o.Stream == "" {
+		o.Stream = "stream"
+	}
+	if o.Group == "" {
+		o.Group = "test"
+	}
+	if o.Consumer == "" {
+		o.Consumer = "test-1"
+	}
+	if o.DrainTimeout == 0 {
+		o.DrainTimeout = 10 * time.Second
+	}
+	if o.Config.Block == 0 {
+		o.Config.Block = 10 * time.Millisecond
+	}
+	if o.Config.Backoff == nil {
+		o.Config.Backoff = func(*streamtx.Message, error) time.Duration { return time.Millisecond }
+	}
+}
+
+// Tester runs a handler in a real streamtx consumer, on an embedded
+// miniredis or, when REDIS_ADDR is set, on that Redis under a key prefix of
+// its own. A Tester belongs to one test: its methods fail that test (with
+// t.Fatalf) instead of returning errors, and must be called from the test's
+// goroutine. Everything it starts is stopped, and on a shared Redis every
+// key it made is deleted, when the test ends.
+type Tester struct {
+	t      testing.TB
+	opts   Options
+	h      streamtx.Handler // the user's, wrapped for faults
+	mr     *miniredis.Miniredis
+	addr   string
+	admin  *redis.Client // for the Tester's own reads and writes: no faults
+	prefix string        // "" on miniredis
+	stream string        // the source stream as stored
+	space  keys.Space
+	dlq    string
+	label  string // what the Tester runs for, in failure messages
+
+	mu        sync.Mutex
+	now       time.Time
+	errs      []string // the last errors the consumers reported
+	insts     map[string]*instance
+	faults    faultState
+	closeOnce sync.Once
+}
+
+const keepErrors = 20
+
+// New returns a Tester that runs h as opts say. Nothing runs until Drain.
+// It fails the test when the configuration is refused (the error of
+// streamtx.NewConsumer) or Redis cannot be reached.
+func New(t testing.TB, h streamtx.Handler, opts Options) *Tester {
+	t.Helper()
+	tt := newTester(t, h, opts)
+	t.Cleanup(tt.close)
+	return tt
+}
+
+func newTester(t testing.TB, h streamtx.Handler, opts Options) *Tester {
+	t.Helper()
+	if h == nil {
+		t.Fatalf("streamtxtest: nil handler")
+	}
+	opts.setDefaults()
+	tt := &Tester{t: t, opts: opts, insts: make(map[string]*instance)}
+	tt.h = &faultHandler{tt: tt, inner: h}
+	tt.now = time.Now().Truncate(time.Millisecond)
+	if addr := os.Getenv("REDIS_ADDR"); addr != "" {
+		tt.addr = addr
+		b := make([]byte, 6)
+		rand.Read(b)
+		tt.prefix = "stxtest-" + hex.EncodeToString(b) + ":"
+	} else {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.Start(); err != nil {
+			t.Fatalf("streamtxtest: start miniredis: %v", err)
+		}
+		mr.SetTime(tt.now)
+		tt.mr, tt.addr = mr, mr.Addr()
+	}
+	tt.admin = redis.NewClient(&redis.Options{Addr: tt.addr})
+	if err := tt.admin.Ping(context.Background()).Err(); err != nil {
+		tt.close()
+		t.Fatalf("streamtxtest: Redis at %s (REDIS_ADDR): %v", tt.addr, err)
+	}
+	tt.stream = tt.Key(opts.Stream)
+	sp, err := keys.NewSpace(tt.stream, opts.Group)
+	if err != nil {
+		tt.close()
+		t.Fatalf("streamtxtest: stream %q: %v", opts.Stream, err)
+	}
+	tt.space = sp
+	// Validate the configuration now, where the test sets it up.
+	c, err := streamtx.NewConsumer(tt.admin, tt.config(opts.Consumer), tt.h)
+	if err != nil {
+		tt.close()
+		t.Fatalf("streamtxtest: %v", err)
+	}
+	tt.dlq = c.DeadLetterStream()
+	return tt
+}
+
+// config returns the consumer configuration of the consumer called name.
+func (tt *Tester) config(name string) streamtx.Config {
+	cfg := tt.opts.Config
+	cfg.Stream, cfg.Group, cfg.Consumer = tt.stream, tt.opts.Group, name
+	if cfg.Clock == nil {
+		cfg.Clock = tt.Now
+	}
+	cfg.Observer = observer{tt: tt, next: cfg.Observer}
+	return cfg
+}
+
+// close stops what the Tester started and, on a shared Redis, deletes its
+// keys.
+func (tt *Tester) close() {
+	tt.closeOnce.Do(func() {
+		tt.stopAll()
+		if tt.admin != nil && tt.prefix != "" {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			for _, pattern := range []string{globEscape(tt.prefix) + "*", "stx:{" + globEscape(tt.prefix) + "*"} {
+				iter := tt.admin.Scan(ctx, 0, pattern, 500).Iterator()
+				var batch []string
+				for iter.Next(ctx) {
+					batch = append(batch, iter.Val())
+				}
+				if len(batch) > 0 {
+					tt.admin.Unlink(ctx, batch...)
+				}
+			}
+			cancel()
+		}
+		if tt.admin != nil {
+			tt.admin.Close()
+		}
+		if tt.mr != nil {
+			tt.mr.Close()
+		}
+	})
+}
+
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// Key returns the name under which the key called name is stored: name
+// itself on miniredis, name under the test's prefix on a shared Redis. The
+// Tester applies it to the source stream and to every stream the handler
+// publishes to with tx.Publish; use it for keys a handler writes by other
+// means (see FromContext).
+func (tt *Tester) Key(name string) string {
+	if tt.prefix == "" || strings.HasPrefix(name, tt.prefix) {
+		return name
+	}
+	return tt.prefix + name
+}
+
+// Client returns a client of the Tester's Redis. Commands sent through it
+// are not subject to injected faults.
+func (tt *Tester) Client() redis.UniversalClient { return tt.admin }
+
+// Stream returns the source stream as stored (see Key).
+func (tt *Tester) Stream() string { return tt.stream }
+
+// Group returns the consumer group.
+func (tt *Tester) Group() string { return tt.opts.Group }
+
+// Miniredis returns the embedded miniredis, or nil on a real Redis
+// (REDIS_ADDR).
+func (tt *Tester) Miniredis() *miniredis.Miniredis { return tt.mr }
+
+// Now returns the Tester's clock: the consumers' Config.Clock (the time in
+// dead letters) unless the configuration sets one. It starts at the real
+// time and moves only with Advance.
+func (tt *Tester) Now() time.Time {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	return tt.now
+}
+
+// Advance moves the Tester's clock forward by d, without waiting. On
+// miniredis it moves Redis's clock too (miniredis.SetTime and FastForward):
+// the idle time of pending entries (Config.ClaimIdle), the time of new
+// entry IDs and of TIME (Config.Retention.MaxAge) and key TTLs. On a real
+// Redis it moves only the Tester's clock: Redis's own is real.
+func (tt *Tester) Advance(d time.Duration) {
+	tt.t.Helper()
+	if d < 0 {
+		tt.t.Fatalf("streamtxtest: Advance(%s): negative", d)
+	}
+	tt.mu.Lock()
+	tt.now = tt.now.Add(d)
+	now := tt.now
+	tt.mu.Unlock()
+	if tt.mr != nil {
+		tt.mr.SetTime(now)
+		tt.mr.FastForward(d)
+	}
+}
+
+// Send appends an entry with values to the source stream and returns its
+// ID. Values take what go-redis's XADD takes (strings, numbers, []byte…).
+// Nothing handles it until Drain.
+func (tt *Tester) Send(values map[string]any) string {
+	tt.t.Helper()
+	if len(values) == 0 {
+		tt.t.Fatalf("streamtxtest: Send with no values")
+	}
+	id, err := tt.admin.XAdd(context.Background(), &redis.XAddArgs{Stream: tt.stream, Values: values}).Result()
+	if err != nil {
+		tt.t.Fatalf("streamtxtest: send to %q: %v", tt.opts.Stream, err)
+	}
+	return id
+}
+
+// Published returns the entries of stream (as the handler names it in
+// tx.Publish), oldest first. Message.Stream is the name as given.
+func (tt *Tester) Published(stream string) []streamtx.Message {
+	tt.t.Helper()
+	ms, err := tt.admin.XRange(context.Background(), tt.Key(stream), "-", "+").Result()
+	if err != nil {
+		tt.t.Fatalf("streamtxtest: read %q: %v", stream, err)
+	}
+	out := make([]streamtx.Message, len(ms))
+	for i, m := range ms {
+		vals := make(map[string]string, len(m.Values))
+		for k, v := range m.Values {
+			s, _ := v.(string)
+			vals[k] = s
+		}
+		out[i] = streamtx.Message{Stream: stream, ID: m.ID, Values: vals, Key: vals["stx.key"], Partition: -1}
+	}
+	return out
+}
+
+// DeadLetters returns the group's dead letters, oldest first, each with the
+// error that sent it there (DeadLetter.Error).
+func (tt *Tester) DeadLetters() []streamtx.DeadLetter {
+	tt.t.Helper()
+	var all []streamtx.DeadLetter
+	for start := "-"; ; {
+		page, next, err := streamtx.ListDeadLetters(context.Background(), tt.admin, tt.dlq, start, 1000)
+		if err != nil {
+			tt.t.Fatalf("streamtxtest: %v", err)
+		}
+		all = append(all, page...)
+		if next == "" {
+			return all
+		}
+		start = next
+	}
+}
+
+// DeadLetterStream returns the group's dead-letter stream as stored.
+func (tt *Tester) DeadLetterStream() string { return tt.dlq }
+
+// State returns the committed value of the state name (Stateful, or a
+// txn.State read with Get): the zero value before the first commit. Give
+// the state's codec when it is not msgpack (state.JSON…).
+func State[S any](tt *Tester, name string, codec ...state.Codec[S]) S {
+	tt.t.Helper()
+	snap, err := streamtx.ReadState[S](context.Background(), tt.admin, tt.stream, tt.opts.Group, name, codec...)
+	if err != nil {
+		tt.t.Fatalf("streamtxtest: %v", err)
+	}
+	return snap.Value
+}
+
+// KeyedState returns the committed value of the keyed state name for key
+// (Keyed, or a txn.State read with GetKey), as State does.
+func KeyedState[S any](tt *Tester, name, key string, codec ...state.Codec[S]) S {
+	tt.t.Helper()
+	snap, err := streamtx.ReadKeyedState[S](context.Background(), tt.admin, tt.stream, tt.opts.Group, name, key, codec...)
+	if err != nil {
+		tt.t.Fatalf("streamtxtest: %v", err)
+	}
+	return snap.Value
+}
+
+// Drain runs the consumer until every entry sent so far is committed or
+// dead-lettered (the group has read them all and none is pending), then
+// stops it. Each consumer name that holds pending entries gets a consumer
+// of its own meanwhile (one that replaces a crashed one, or the one an entry
+// was claimed for; see Fault), so that the pending entries of a consumer
+// that is gone are recovered by name rather than after ClaimIdle.
+//
+// It fails the test, with the entries still pending and the last errors the
+// consumers reported, when that takes longer than Options.DrainTimeout, or
+// when a consumer's Run returns an error.
+func (tt *Tester) Drain() {
+	tt.t.Helper()
+	defer tt.stopAll()
+	deadline := time.Now().Add(tt.opts.DrainTimeout)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if err := tt.supervise(); err != nil {
+			tt.stopAll()
+			tt.t.Fatalf("streamtxtest%s: %v", tt.label, err)
+		}
+		done, err := tt.drained()
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			tt.stopAll()
+			tt.t.Fatalf("streamtxtest%s: Drain: not done after %s%s\n%s", tt.label, tt.opts.DrainTimeout, errSuffix(err), tt.report())
+		}
+		<-tick.C
+	}
+}
+
+func errSuffix(err error) string {
+	if err == nil {
+		return ""
+	}
+	return " (" + err.Error() + ")"
+}
+
+// drained reports whether the group has read every entry and has none
+// pending.
+func (tt *Tester) drained() (bool, error) {
+	ctx := context.Background()
+	groups, err := tt.admin.XInfoGroups(ctx, tt.stream).Result()
+	if err != nil {
+		return false, err
+	}
+	last, err := tt.admin.XRevRangeN(ctx, tt.stream, "+", "-", 1).Result()
+	if err != nil {
+		return false, err
+	}
+	for _, g := range groups {
+		if g.Name == tt.opts.Group {
+			return g.Pending == 0 && (len(last) == 0 || g.LastDeliveredID == last[0].ID), nil
+		}
+	}
+	return false, fmt.Errorf("no group %q yet", tt.opts.Group)
+}
+
+// supervise keeps a consumer running for the Tester's consumer name and
+// for every name that holds pending entries.
+func (tt *Tester) supervise() error {
+	names := []string{tt.opts.Consumer}
+	if p, err := tt.admin.XPending(context.Background(), tt.stream, tt.opts.Group).Result(); err == nil {
+		for name, n := range p.Consumers {
+			if n > 0 && name != tt.opts.Consumer {
+				names = append(names, name)
+			}
+		}
+	}
+	sort.Strings(names[1:])
+	for _, name := range names {
+		if err := tt.ensureRunning(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// report describes what is pending and the last errors, for a Drain that
+// did not finish.
+func (tt *Tester) report() string {
+	var b strings.Builder
+	ctx := context.Background()
+	rows, err := tt.admin.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: tt.stream, Group: tt.opts.Group, Start: "-", End: "+", Count: 50}).Result()
+	switch {
+	case err != nil:
+		fmt.Fprintf(&b, "pending entries: %v\n", err)
+	case len(rows) == 0:
+		b.WriteString("pending entries: none (the group has not read every entry)\n")
+	default:
+		b.WriteString("pending entries:\n")
+		for _, r := range rows {
+			vals := ""
+			if ms, err := tt.admin.XRangeN(ctx, tt.stream, r.ID, r.ID, 1).Result(); err == nil && len(ms) == 1 {
+				vals = " " + fields(ms[0].Values)
+			}
+			fmt.Fprintf(&b, "  %s consumer=%s deliveries=%d idle=%s%s\n", r.ID, r.Consumer, r.RetryCount, r.Idle, vals)
+		}
+	}
+	tt.mu.Lock()
+	errs := append([]string(nil), tt.errs...)
+	tt.mu.Unlock()
+	if len(errs) == 0 {
+		b.WriteString("errors reported: none")
+	} else {
+		b.WriteString("last errors reported:")
+		for _, e := range errs {
+			b.WriteString("\n  " + e)
+		}
+	}
+	return b.String()
+}
+
+// LastErrors returns the last errors the consumers reported (handler
+// failures, dead letters, Redis errors), oldest first, at most 20.
+func (tt *Tester) LastErrors() []string {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	return append([]string(nil), tt.errs...)
+}
+
+// observer records errors for Drain's report and passes every event on.
+type observer struct {
+	tt   *Tester
+	next streamtx.Observer
+}
+
+func (o observer) Observe(e streamtx.Event) {
+	if e.Err != nil {
+		s := fmt.Sprintf("%s %s %v: %v", e.Consumer, e.Kind, e.IDs, e.Err)
+		o.tt.mu.Lock()
+		o.tt.errs = append(o.tt.errs, s)
+		if len(o.tt.errs) > keepErrors {
+			o.tt.errs = o.tt.errs[len(o.tt.errs)-keepErrors:]
+		}
+		o.tt.mu.Unlock()
+	}
+	if o.next != nil {
+		o.next.Observe(e)
+	}
+}
+
+// fields formats entry values as "k=v k=v", keys sorted.
+func fields[V any](values map[string]V) string {
+	ks := make([]string, 0, len(values))
+	for k := range values {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	var b strings.Builder
+	for i, k := range ks {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%v", k, values[k])
+	}
+	return b.String()
+}
+
+// instance is one consumer process: a streamtx.Consumer with a Redis client
+// of its own, through which faults reach it.
+type instance struct {
+	tt      *Tester
+	name    string
+	client  *redis.Client
+	cancel  context.CancelFunc
+	done    chan struct{}
+	err     error
+	crashed bool // under tt.mu
+
+	armed map[string]Fault // entry ID -> a fault for its next commit; under tt.mu
+}
+
+type instanceKey struct{}
+
+// FromContext returns the Tester whose consumer runs the handler called
+// with ctx, or nil outside one. A handler under test can reach the test's
+// Redis through it (Client, Key) — for instance to show what a write made
+// outside the transaction does under faults.
+func FromContext(ctx context.Context) *Tester {
+	if in, ok := ctx.Value(instanceKey{}).(*instance); ok {
+		return in.tt
+	}
+	return nil
+}
+
+// ensureRunning starts a consumer called name unless one runs. A crashed
+// one is replaced once its Run has returned.
+func (tt *Tester) ensureRunning(name string) error {
+	tt.mu.Lock()
+	in := tt.insts[name]
+	tt.mu.Unlock()
+	if in != nil {
+		select {
+		case <-in.done:
+			tt.mu.Lock()
+			crashed := in.crashed
+			tt.mu.Unlock()
+			in.client.Close()
+			if !crashed {
+				return fmt.Errorf("consumer %s: Run returned: %v", name, in.err)
+			}
+		default:
+			return nil
+		}
+	}
+	in = &instance{tt: tt, name: name, done: make(chan struct{}), armed: make(map[string]Fault)}
+	in.client = redis.NewClient(&redis.Options{Addr: tt.addr})
+	in.client.AddHook(hook{in: in})
+	c, err := streamtx.NewConsumer(in.client, tt.config(name), tt.h)
+	if err != nil {
+		in.client.Close()
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), instanceKey{}, in))
+	in.cancel = cancel
+	tt.mu.Lock()
+	tt.insts[name] = in
+	tt.mu.Unlock()
+	go func() {
+		defer close(in.done)
+		in.err = c.Run(ctx)
+	}()
+	return nil
+}
+
+// stopAll stops every consumer and waits for them.
+func (tt *Tester) stopAll() {
+	tt.mu.Lock()
+	insts := make([]*instance, 0, len(tt.insts))
+	for _, in := range tt.insts {
+		insts = append(insts, in)
+	}
+	tt.insts = make(map[string]*instance)
+	tt.mu.Unlock()
+	for _, in := range insts {
+		in.cancel()
+	}
+	var errs []error
+	for _, in := range insts {
+		select {
+		case <-in.done:
+		case <-time.After(time.Minute):
+			errs = append(errs, fmt.Errorf("consumer %s: Run did not return a minute after its context was cancelled", in.name))
+			continue
+		}
+		in.client.Close()
+		tt.mu.Lock()
+		crashed := in.crashed
+		tt.mu.Unlock()
+		if in.err != nil && !crashed {
+			errs = append(errs, fmt.Errorf("consumer %s: Run returned: %w", in.name, in.err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		tt.t.Errorf("streamtxtest%s: %v", tt.label, err)
+	}
+}
