@@ -46,8 +46,9 @@ const (
 	// existing record cannot conflict: the fault is then not injected.
 	Conflict
 	// Claim: just before the commit is sent, another consumer claims the
-	// entry (XCLAIM, a new delivery). The commit is refused for it (not
-	// owned), and Drain runs the other consumer, which handles it again.
+	// entry (XCLAIM, a new delivery) for a consumer called
+	// "<Consumer>-claimer-<n>". The commit is refused for it (not owned), and
+	// Drain runs the other consumer, which handles it again.
 	Claim
 )
 
@@ -294,10 +295,12 @@ func (h hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 				tt.injected(fault, id, h.in.name, cm.deliveries[id])
 			}
 		case Claim:
-			other := tt.opts.Consumer
-			if h.in.name == other {
-				other += "-b"
-			}
+			// A consumer that is not running, so that Drain starts it and
+			// it finds the entry among its own.
+			tt.mu.Lock()
+			tt.claimers++
+			other := tt.opts.Consumer + "-claimer-" + strconv.Itoa(tt.claimers)
+			tt.mu.Unlock()
 			// XCLAIM (without JUSTID) counts a delivery, as a claim by a
 			// consumer does.
 			err := tt.admin.XClaim(context.WithoutCancel(ctx), &redis.XClaimArgs{

@@ -98,6 +98,7 @@ type Tester struct {
 	errs      []string // the last errors the consumers reported
 	insts     map[string]*instance
 	faults    faultState
+	claimers  int // consumers made for the Claim fault
 	closeOnce sync.Once
 }
 
