@@ -32,6 +32,31 @@ type Inventory struct {
 
 func main() { exampleutil.Exit("inventory", run()) }
 
+// newHandler returns the handler: stock per SKU (Keyed), and an alert to
+// alerts when a sale leaves a SKU at or below RestockThreshold.
+func newHandler(alerts string) streamtx.Handler {
+	bySKU := func(msg *streamtx.Message) string { return msg.Values["sku"] }
+	return streamtx.Keyed("inventory", bySKU, func(ctx context.Context, msg *streamtx.Message, inv *Inventory, tx *txn.Tx) error {
+		qty, err := strconv.Atoi(msg.Values["quantity"])
+		if err != nil {
+			return streamtx.Permanent(fmt.Errorf("quantity: %w", err))
+		}
+		switch msg.Values["kind"] {
+		case "received":
+			inv.Stock += qty
+			return nil
+		case "sold":
+			inv.Stock -= qty
+		default:
+			return streamtx.Permanent(fmt.Errorf("unknown kind %q", msg.Values["kind"]))
+		}
+		if inv.Stock <= RestockThreshold {
+			return tx.Publish(alerts, map[string]any{"sku": msg.Values["sku"], "stock": inv.Stock})
+		}
+		return nil
+	})
+}
+
 func run() error {
 	env, err := exampleutil.Connect()
 	if err != nil {
@@ -54,32 +79,12 @@ func run() error {
 		return err
 	}
 
-	bySKU := func(msg *streamtx.Message) string { return msg.Values["sku"] }
-	tracker := streamtx.Keyed("inventory", bySKU, func(ctx context.Context, msg *streamtx.Message, inv *Inventory, tx *txn.Tx) error {
-		qty, err := strconv.Atoi(msg.Values["quantity"])
-		if err != nil {
-			return streamtx.Permanent(fmt.Errorf("quantity: %w", err))
-		}
-		switch msg.Values["kind"] {
-		case "received":
-			inv.Stock += qty
-			return nil
-		case "sold":
-			inv.Stock -= qty
-		default:
-			return streamtx.Permanent(fmt.Errorf("unknown kind %q", msg.Values["kind"]))
-		}
-		if inv.Stock <= RestockThreshold {
-			return tx.Publish(alerts, map[string]any{"sku": msg.Values["sku"], "stock": inv.Stock})
-		}
-		return nil
-	})
 	c, err := streamtx.NewConsumer(rdb, streamtx.Config{
 		Stream:   moves,
 		Group:    "inventory-tracker",
 		Consumer: "inventory-tracker-1",
 		Block:    100 * time.Millisecond,
-	}, tracker)
+	}, newHandler(alerts))
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,19 @@ import (
 
 func main() { exampleutil.Exit("logger", run()) }
 
+// newHandler returns the handler, which prints each entry.
+//
+// Printing is a side effect outside Redis: like any handler, this one runs
+// at least once per entry (a retry prints again), while everything done
+// through tx applies exactly once. A side effect that must not repeat can be
+// keyed by tx.IdempotencyKey().
+func newHandler() streamtx.Handler {
+	return streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
+		fmt.Printf("Received %s: %s\n", msg.ID, exampleutil.Fields(msg.Values))
+		return nil
+	})
+}
+
 func run() error {
 	env, err := exampleutil.Connect()
 	if err != nil {
@@ -38,20 +51,12 @@ func run() error {
 		return err
 	}
 
-	// Printing is a side effect outside Redis: like any handler, this one
-	// runs at least once per entry (a retry prints again), while everything
-	// done through tx applies exactly once. A side effect that must not
-	// repeat can be keyed by tx.IdempotencyKey().
-	logger := streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
-		fmt.Printf("Received %s: %s\n", msg.ID, exampleutil.Fields(msg.Values))
-		return nil
-	})
 	c, err := streamtx.NewConsumer(rdb, streamtx.Config{
 		Stream:   events,
 		Group:    "logger",
 		Consumer: "logger-1",
 		Block:    100 * time.Millisecond,
-	}, logger)
+	}, newHandler())
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,15 @@ type OrderCounter struct {
 
 func main() { exampleutil.Exit("ordercounter", run()) }
 
+// newHandler returns the handler, which counts orders in its state.
+func newHandler() streamtx.Handler {
+	return streamtx.Stateful("order-counter", func(ctx context.Context, msg *streamtx.Message, s *OrderCounter, tx *txn.Tx) error {
+		s.Count++
+		fmt.Printf("Processed order %s (total: %d)\n", msg.Values["order_id"], s.Count)
+		return nil
+	})
+}
+
 func run() error {
 	env, err := exampleutil.Connect()
 	if err != nil {
@@ -36,11 +45,7 @@ func run() error {
 	rdb, ctx := env.Client, context.Background()
 	orders := env.Name("orders")
 
-	handler := streamtx.Stateful("order-counter", func(ctx context.Context, msg *streamtx.Message, s *OrderCounter, tx *txn.Tx) error {
-		s.Count++
-		fmt.Printf("Processed order %s (total: %d)\n", msg.Values["order_id"], s.Count)
-		return nil
-	})
+	handler := newHandler()
 	cfg := streamtx.Config{
 		Stream:   orders,
 		Group:    "order-processor",

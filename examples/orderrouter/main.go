@@ -23,6 +23,23 @@ import (
 
 func main() { exampleutil.Exit("orderrouter", run()) }
 
+// newHandler returns the handler, which publishes an invoice to invoices
+// for each order, and fails orders marked fail=true after publishing.
+func newHandler(invoices string) streamtx.Handler {
+	return streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
+		if err := tx.Publish(invoices, map[string]any{"order_id": msg.Values["order_id"]}); err != nil {
+			return err
+		}
+		if msg.Values["fail"] == "true" {
+			// The handler fails after publishing: the invoice above is
+			// discarded. Permanent sends the order to the dead-letter
+			// stream at once instead of retrying it.
+			return streamtx.Permanent(errors.New("cannot bill order " + msg.Values["order_id"]))
+		}
+		return nil
+	})
+}
+
 func run() error {
 	env, err := exampleutil.Connect()
 	if err != nil {
@@ -41,24 +58,12 @@ func run() error {
 		return err
 	}
 
-	router := streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
-		if err := tx.Publish(invoices, map[string]any{"order_id": msg.Values["order_id"]}); err != nil {
-			return err
-		}
-		if msg.Values["fail"] == "true" {
-			// The handler fails after publishing: the invoice above is
-			// discarded. Permanent sends the order to the dead-letter
-			// stream at once instead of retrying it.
-			return streamtx.Permanent(errors.New("cannot bill order " + msg.Values["order_id"]))
-		}
-		return nil
-	})
 	c, err := streamtx.NewConsumer(rdb, streamtx.Config{
 		Stream:   orders,
 		Group:    "order-router",
 		Consumer: "order-router-1",
 		Block:    100 * time.Millisecond,
-	}, router)
+	}, newHandler(invoices))
 	if err != nil {
 		return err
 	}

@@ -30,6 +30,21 @@ type Totals struct {
 
 func main() { exampleutil.Exit("quickstart", run()) }
 
+// newHandler returns the handler: it updates the totals and publishes a
+// receipt to receipts. Both are committed with the order's
+// acknowledgement, or not at all.
+func newHandler(receipts string) streamtx.Handler {
+	return streamtx.Stateful("totals", func(ctx context.Context, msg *streamtx.Message, t *Totals, tx *txn.Tx) error {
+		amount, err := strconv.Atoi(msg.Values["amount"])
+		if err != nil {
+			return streamtx.Permanent(err) // retrying will not help: dead-letter it
+		}
+		t.Orders++
+		t.Amount += amount
+		return tx.Publish(receipts, map[string]any{"order_id": msg.Values["order_id"], "running_total": t.Amount})
+	})
+}
+
 func run() error {
 	env, err := exampleutil.Connect()
 	if err != nil {
@@ -48,23 +63,12 @@ func run() error {
 		return err
 	}
 
-	// The handler updates the totals and publishes a receipt. Both are
-	// committed with the order's acknowledgement, or not at all.
-	handler := streamtx.Stateful("totals", func(ctx context.Context, msg *streamtx.Message, t *Totals, tx *txn.Tx) error {
-		amount, err := strconv.Atoi(msg.Values["amount"])
-		if err != nil {
-			return streamtx.Permanent(err) // retrying will not help: dead-letter it
-		}
-		t.Orders++
-		t.Amount += amount
-		return tx.Publish(receipts, map[string]any{"order_id": msg.Values["order_id"], "running_total": t.Amount})
-	})
 	c, err := streamtx.NewConsumer(rdb, streamtx.Config{
 		Stream:   orders,
 		Group:    "billing",
 		Consumer: "billing-1",
 		Block:    100 * time.Millisecond,
-	}, handler)
+	}, newHandler(receipts))
 	if err != nil {
 		return err
 	}
