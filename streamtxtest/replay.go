@@ -147,7 +147,7 @@ type runResult struct {
 func replayRun(t testing.TB, newHandler func() streamtx.Handler, inputs []map[string]any, opts ReplayOptions, seed *uint64) runResult {
 	t.Helper()
 	tt := newTester(t, newHandler(), opts.Options)
-	defer tt.close()
+	defer tt.Close()
 	if seed != nil {
 		tt.label = fmt.Sprintf(" (CheckReplaySafe, faults with seed %d; %s)", *seed, rerunHint(t, *seed))
 		tt.Faults(Faults{Seed: *seed, Rate: opts.Rate, Kinds: opts.Kinds})

@@ -110,7 +110,7 @@ const keepErrors = 20
 func New(t testing.TB, h streamtx.Handler, opts Options) *Tester {
 	t.Helper()
 	tt := newTester(t, h, opts)
-	t.Cleanup(tt.close)
+	t.Cleanup(tt.Close)
 	return tt
 }
 
@@ -138,20 +138,20 @@ func newTester(t testing.TB, h streamtx.Handler, opts Options) *Tester {
 	}
 	tt.admin = redis.NewClient(&redis.Options{Addr: tt.addr})
 	if err := tt.admin.Ping(context.Background()).Err(); err != nil {
-		tt.close()
+		tt.Close()
 		t.Fatalf("streamtxtest: Redis at %s (REDIS_ADDR): %v", tt.addr, err)
 	}
 	tt.stream = tt.Key(opts.Stream)
 	sp, err := keys.NewSpace(tt.stream, opts.Group)
 	if err != nil {
-		tt.close()
+		tt.Close()
 		t.Fatalf("streamtxtest: stream %q: %v", opts.Stream, err)
 	}
 	tt.space = sp
 	// Validate the configuration now, where the test sets it up.
 	c, err := streamtx.NewConsumer(tt.admin, tt.config(opts.Consumer), tt.h)
 	if err != nil {
-		tt.close()
+		tt.Close()
 		t.Fatalf("streamtxtest: %v", err)
 	}
 	tt.dlq = c.DeadLetterStream()
@@ -169,9 +169,10 @@ func (tt *Tester) config(name string) streamtx.Config {
 	return cfg
 }
 
-// close stops what the Tester started and, on a shared Redis, deletes its
-// keys.
-func (tt *Tester) close() {
+// Close stops what the Tester started and, on a shared Redis, deletes its
+// keys. New registers it with t.Cleanup: a test need not call it. Calling
+// it again does nothing.
+func (tt *Tester) Close() {
 	tt.closeOnce.Do(func() {
 		tt.stopAll()
 		if tt.admin != nil && tt.prefix != "" {

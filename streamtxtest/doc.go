@@ -1,0 +1,65 @@
+// Package streamtxtest tests streamtx handlers the way the rest of a
+// service is tested: go test, no Redis installed, fast, parallel. (Its
+// model is goka's tester: a fake that runs the real processor code.)
+//
+// # A Tester
+//
+// New runs a handler in a real streamtx.Consumer — the same read, handle,
+// commit and settle code as in production — on an embedded miniredis, or,
+// when REDIS_ADDR is set, on that Redis under a key prefix of its own (the
+// same test runs unchanged on both; nothing is flushed):
+//
+//	tt := streamtxtest.New(t, h, streamtxtest.Options{Stream: "orders", Config: streamtx.Config{MaxDeliveries: 3}})
+//	tt.Send(map[string]any{"order_id": "o-1", "amount": 20})
+//	tt.Drain() // until every entry is committed or dead-lettered
+//	got := streamtxtest.State[Totals](tt, "totals")
+//	receipts := tt.Published("receipts")
+//	dead := tt.DeadLetters()
+//
+// Nothing runs between Drains: Drain starts the consumer, waits until the
+// group has read every entry and has none pending, and stops it. It fails
+// the test with the pending entries and the last errors when that takes
+// longer than Options.DrainTimeout. A Tester works in parallel tests and
+// under -race, and stops and deletes everything it started when the test
+// ends.
+//
+// # Time
+//
+// The Tester's clock (Now, Advance) is the consumers' Config.Clock. On
+// miniredis, Advance moves Redis's clock too: idle times of pending entries
+// (ClaimIdle), new entry IDs and TIME (Retention.MaxAge), TTLs. On a real
+// Redis, Redis's own clock is real. The consumer's timers are real time:
+// the Tester makes them short unless the configuration sets them — Backoff
+// 1ms, so retries and dead letters after MaxDeliveries take milliseconds,
+// and Block 10ms. ClaimInterval and Retention.Interval stay as configured:
+// a consumer scans for idle entries, and trims, when it starts (at each
+// Drain) and then every interval.
+//
+// # Faults
+//
+// Faults (seeded, random) and Inject (at a chosen entry) inject, after a
+// handler call succeeded and before its entry is committed, one of:
+// Redeliver (the call fails: the same consumer handles the entry again),
+// Crash (the consumer's Redis client stops reaching Redis and its Run is
+// stopped; a new consumer under the same name recovers the entry), LostReply
+// (the commit applies and its reply is replaced by a timeout), Conflict
+// (another writer commits the state records first, with the same values)
+// and Claim (another consumer claims the entry). They are made with a
+// wrapper around the handler and a go-redis hook on each consumer's client,
+// so each one runs the engine's own recovery. See Fault.
+//
+// # Replay safety
+//
+// CheckReplaySafe runs inputs once without faults and then with random
+// faults, and fails, with a diff, the seed and how to re-run it, when a run
+// with faults leaves other state, other downstream entries or other dead
+// letters. It catches the usual mistakes of an exactly-once handler:
+// state kept in a closure or a struct field, a write to Redis made outside
+// tx, a handler that carries on after tx.Publish failed. It cannot see
+// effects outside the test's Redis, which run at least once.
+//
+// # Not yet
+//
+// Partitioned topics (Options.Topic and Partitions, Tester.SendKeyed,
+// KeyedState on a topic) will come with the consumer's support for them.
+package streamtxtest

@@ -1,0 +1,50 @@
+package streamtxtest_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+
+	"github.com/streamtx/streamtx"
+	"github.com/streamtx/streamtx/streamtxtest"
+	"github.com/streamtx/streamtx/txn"
+)
+
+type OrderTotals struct{ Orders, Amount int }
+
+func newTotals() streamtx.Handler {
+	return streamtx.Stateful("totals", func(ctx context.Context, msg *streamtx.Message, t *OrderTotals, tx *txn.Tx) error {
+		amount, err := strconv.Atoi(msg.Values["amount"])
+		if err != nil {
+			return streamtx.Permanent(err)
+		}
+		t.Orders++
+		t.Amount += amount
+		return tx.Publish("receipts", map[string]any{"order_id": msg.Values["order_id"], "total": t.Amount})
+	})
+}
+
+func Example() {
+	t := &testing.T{} // in a test: the test's t
+	tt := streamtxtest.New(t, newTotals(), streamtxtest.Options{Stream: "orders", Config: streamtx.Config{MaxDeliveries: 3}})
+	defer tt.Close()
+	tt.Send(map[string]any{"order_id": "o-1", "amount": 20})
+	tt.Send(map[string]any{"order_id": "o-2", "amount": "twenty"})
+	id := tt.Send(map[string]any{"order_id": "o-3", "amount": 5})
+	tt.Inject(id, streamtxtest.Crash) // the consumer dies before it commits o-3
+	tt.Drain()
+
+	fmt.Printf("%+v\n", streamtxtest.State[OrderTotals](tt, "totals"))
+	for _, m := range tt.Published("receipts") {
+		fmt.Println(m.Values["order_id"], m.Values["total"])
+	}
+	for _, d := range tt.DeadLetters() {
+		fmt.Println("dead letter:", d.Values["order_id"], d.Error)
+	}
+	// Output:
+	// {Orders:2 Amount:25}
+	// o-1 20
+	// o-3 25
+	// dead letter: o-2 permanent: strconv.Atoi: parsing "twenty": invalid syntax
+}
