@@ -100,9 +100,11 @@ type Config struct {
 	Clock func() time.Time
 	// Parallelism is how many entries of one batch may be handled at once,
 	// in lanes by PartitionKey: entries with one key are handled in order,
-	// in one lane. Handlers must then touch only the state of their own key
-	// (Keyed); a record touched from two lanes in one batch fails the later
-	// entry with txn.ErrLaneConflict. Default 1: one entry at a time.
+	// in one lane. Handlers should then touch only the state of their own
+	// key (Keyed): a record touched from two lanes in one batch gives the
+	// later lane txn.ErrLaneConflict (return it), and that lane's remaining
+	// entries run after the lanes, one at a time, in the same batch — no
+	// retry, no delivery counted. Default 1: one entry at a time.
 	Parallelism int
 	// Middleware wraps the handler, Middleware[0] outermost, without hiding
 	// it from the consumer (see Middleware). Default: none.

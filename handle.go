@@ -6,8 +6,10 @@ package streamtx
 
 import (
 	"context"
+	"errors"
 	"hash/maphash"
 	"runtime/debug"
+	"sort"
 	"sync"
 
 	"github.com/streamtx/streamtx/internal/txnengine"
@@ -130,6 +132,10 @@ func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, 
 		c.handleLanes(hctx, msgs, run, txs, errs, ctxs)
 		return
 	}
+	if c.cfg.Parallelism > 1 {
+		// A new epoch: records touched in lanes before are free for lane 0.
+		c.states.BeginBatch()
+	}
 	all := make([]txnengine.Tx, len(run)) // one allocation for the pass's transactions
 	for k, i := range run {
 		all[k].Reset(c.env, msgs[i].ID, 0)
@@ -183,6 +189,7 @@ func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int,
 		l := int(maphash.String(c.laneSeed, c.cfg.PartitionKey(msgs[i])) % uint64(n))
 		lanes[l] = append(lanes[l], i)
 	}
+	deferred := make([][]int, n)
 	var wg sync.WaitGroup
 	for l, idx := range lanes {
 		if len(idx) == 0 {
@@ -191,9 +198,15 @@ func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for _, i := range idx {
+			for k, i := range idx {
 				txs[i] = txnengine.NewInLane(c.env, msgs[i].ID, l+1)
 				errs[i] = c.handleOne(hctx, msgs[i], txs[i], len(msgs), ctxs, i)
+				if errors.Is(errs[i], txnengine.ErrLaneConflict) {
+					// Another lane holds a record this entry needs: the
+					// rest of this lane waits for the lanes to finish.
+					deferred[l] = idx[k:]
+					return
+				}
 				if errs[i] != nil && c.states.NeedsRestore() {
 					return // the rest of the lane would see what the failure left
 				}
@@ -201,6 +214,28 @@ func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int,
 		}()
 	}
 	wg.Wait()
+	// What a lane conflict held back runs now, one entry at a time in
+	// stream order, on the state the lanes left: a lane conflict is not the
+	// entry's failure and costs it no delivery.
+	var later []int
+	for _, d := range deferred {
+		later = append(later, d...)
+	}
+	if len(later) == 0 {
+		return
+	}
+	sort.Ints(later)
+	for _, i := range later {
+		errs[i] = nil
+	}
+	c.states.BeginBatch()
+	for _, i := range later {
+		txs[i] = txnengine.NewInLane(c.env, msgs[i].ID, 0)
+		errs[i] = c.handleOne(hctx, msgs[i], txs[i], len(msgs), ctxs, i)
+		if errs[i] != nil && c.states.NeedsRestore() {
+			return // the rest would see what the failure left
+		}
+	}
 }
 
 func (c *Consumer) call(ctx context.Context, m *Message, tx *txnengine.Tx) (err error) {

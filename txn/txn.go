@@ -43,8 +43,9 @@ var ErrStateDecode = txnengine.ErrStateDecode
 
 // ErrLaneConflict is returned by State.Get and State.GetKey when handlers in
 // two parallel lanes (Config.Parallelism) touch one state record in the same
-// batch: with lanes, a handler may only touch the state of its own partition
-// key.
+// batch: with lanes, a handler should touch only the state of its own
+// partition key. Return it from the handler: the consumer then runs the
+// rest of that lane after the others, one entry at a time.
 var ErrLaneConflict = txnengine.ErrLaneConflict
 
 // Tx is the transaction of one handler call for one entry. The consumer
