@@ -18,21 +18,23 @@ import (
 )
 
 // BenchmarkConsumerTracing measures entries/s of one consumer (a handler
-// that publishes one entry with tx.Publish) without tracing and with every
-// span sampled and exported (to a no-op exporter, through the SDK's batch
+// that publishes one entry with tx.Publish) without tracing, instrumented
+// with no tracer provider set (OTel's global no-op one), and with every span
+// sampled and exported (to a no-op exporter, through the SDK's batch
 // processor), side by side:
 //
 //	REDIS_ADDR=127.0.0.1:6379 go test -run '^$' -bench ConsumerTracing -benchtime 20000x -count 3 .
 func BenchmarkConsumerTracing(b *testing.B) {
 	for _, batch := range []int{1, 100} {
-		for _, traced := range []bool{false, true} {
-			name := fmt.Sprintf("batch=%d/tracing=%s", batch, map[bool]string{false: "off", true: "on"}[traced])
-			b.Run(name, func(b *testing.B) { benchConsumer(b, batch, traced) })
+		for _, mode := range []string{"off", "noop", "on"} {
+			name := fmt.Sprintf("batch=%d/tracing=%s", batch, mode)
+			b.Run(name, func(b *testing.B) { benchConsumer(b, batch, mode) })
 		}
 	}
 }
 
-func benchConsumer(b *testing.B, batch int, traced bool) {
+func benchConsumer(b *testing.B, batch int, mode string) {
+	traced := mode == "on"
 	rdb := redisClient(b)
 	p := prefix(b, rdb)
 	in, out := p+"in", p+"out"
@@ -46,6 +48,13 @@ func benchConsumer(b *testing.B, batch int, traced bool) {
 		tr := stxotel.NewTracing(stxotel.WithTracerProvider(tp),
 			stxotel.WithPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})))
 		cfg.Tracing, pcfg.Tracing = tr, tr
+	}
+	if mode == "noop" {
+		// Instrumented, with no tracer provider or propagator set.
+		if err := stxotel.InstrumentConsumer(&cfg); err != nil {
+			b.Fatal(err)
+		}
+		cfg.Middleware, cfg.Observer = nil, nil // tracing only: metrics are not this benchmark's
 	}
 	prod, err := streamtx.NewProducer(rdb, pcfg)
 	if err != nil {

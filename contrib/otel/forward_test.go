@@ -108,3 +108,22 @@ func TestRelayForwardAndKeyedPublishKeepTheTrace(t *testing.T) {
 		assert.True(t, relaySpans[proc[0].Parent().SpanID()], "%s: the forward carries the relay's span", stream)
 	}
 }
+
+// With no tracer provider and no propagator set (OTel's defaults), the
+// Instrument functions leave Tracing nil: the consumer adds no work per
+// entry. Given a provider, they set it.
+func TestInstrumentWithoutProviderAddsNoTracing(t *testing.T) {
+	var cfg streamtx.Config
+	require.NoError(t, stxotel.InstrumentConsumer(&cfg))
+	assert.Nil(t, cfg.Tracing)
+	var pcfg streamtx.ProducerConfig
+	stxotel.InstrumentProducer(&pcfg)
+	assert.Nil(t, pcfg.Tracing)
+	var rcfg streamtx.RelayConfig
+	require.NoError(t, stxotel.InstrumentRelay(&rcfg))
+	assert.Nil(t, rcfg.Tracing)
+
+	_, opts := recorder()
+	require.NoError(t, stxotel.InstrumentConsumer(&cfg, opts...))
+	assert.NotNil(t, cfg.Tracing)
+}
