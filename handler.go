@@ -126,22 +126,37 @@ func Stateful[S any](name string, fn StateFunc[S]) Handler {
 // Keyed returns a Handler with one state value of type S per (stream, group,
 // name, key(msg)), for example one per SKU. Entries with different keys touch
 // different records, so consumers of one group rarely contend.
+//
+// A nil key means the entry's own key (Message.Key: what PublishKeyed set);
+// an entry without one fails with a Permanent error (it is dead-lettered).
 func Keyed[S any](name string, key func(*Message) string, fn StateFunc[S]) Handler {
-	return &stateHandler[S]{name: name, key: key, fn: fn, state: txn.NewState[S](name)}
+	h := &stateHandler[S]{name: name, key: key, fn: fn, state: txn.NewState[S](name)}
+	if key == nil {
+		h.key, h.ownKey = entryKey, true
+	}
+	return h
 }
+
+func entryKey(m *Message) string { return m.Key }
 
 type stateHandler[S any] struct {
 	name  string
 	key   func(*Message) string
 	fn    StateFunc[S]
 	state *txn.State[S]
+	// ownKey: keyed by the entry's own key (Keyed with a nil key function).
+	ownKey bool
 }
 
 func (h *stateHandler[S]) Handle(ctx context.Context, msg *Message, tx *txn.Tx) error {
 	var v *S
 	var err error
 	if h.key != nil {
-		v, err = h.state.GetKey(ctx, tx, h.key(msg))
+		k := h.key(msg)
+		if h.ownKey && k == "" {
+			return Permanent(fmt.Errorf("streamtx: Keyed %q: entry %s has no key (it was not published with PublishKeyed)", h.name, msg.ID))
+		}
+		v, err = h.state.GetKey(ctx, tx, k)
 	} else {
 		v, err = h.state.Get(ctx, tx)
 	}

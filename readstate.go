@@ -2,12 +2,14 @@ package streamtx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/msgp"
+	"github.com/streamtx/streamtx/internal/partition"
 	"github.com/streamtx/streamtx/internal/record"
 	"github.com/streamtx/streamtx/state"
 	"github.com/streamtx/streamtx/txn"
@@ -34,8 +36,19 @@ func ReadState[S any](ctx context.Context, client redis.UniversalClient, stream,
 }
 
 // ReadKeyedState reads the committed value of the keyed state name (Keyed,
-// or a txn.State read with GetKey) for one key, as ReadState does.
+// or a txn.State read with GetKey) for one key, as ReadState does. When
+// stream names a topic (CreateTopic), the state is read in the key's
+// partition (Topic.PartitionOf), where its consumer keeps it.
 func ReadKeyedState[S any](ctx context.Context, client redis.UniversalClient, stream, group, name, key string, codec ...state.Codec[S]) (Snapshot[S], error) {
+	if partition.CheckName(stream) == nil {
+		t, err := OpenTopic(ctx, client, stream)
+		switch {
+		case err == nil:
+			stream = t.Stream(t.PartitionOf(key))
+		case !errors.Is(err, ErrTopicNotFound):
+			return Snapshot[S]{}, err
+		}
+	}
 	sp, err := keys.NewSpace(stream, group)
 	if err != nil {
 		return Snapshot[S]{}, &ConfigError{Field: "stream", Reason: err.Error()}
