@@ -7,6 +7,7 @@ package streamtx_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -194,4 +195,53 @@ func TestPanickingHandlerIsRetriedAndDeadLettered(t *testing.T) {
 	require.Equal(t, "boom", pe.Value)
 	require.Equal(t, streamtx.EventDeadLetter, got[1].Kind)
 	require.Zero(t, rdb.Exists(context.Background(), "out").Val(), "a failed handler publishes nothing")
+}
+
+// A restarted consumer with more of its own pending entries than one batch
+// pages through them on miniredis too (which refuses XPENDING's exclusive
+// "(" start): every entry is handled once, and no read fails.
+func TestOwnPendingPagesOnMiniredis(t *testing.T) {
+	_, rdb := miniClient(t)
+	ctx := context.Background()
+	require.NoError(t, rdb.XGroupCreateMkStream(ctx, "s", "g", "0").Err())
+	for i := range 7 {
+		require.NoError(t, rdb.XAdd(ctx, &redis.XAddArgs{Stream: "s", Values: map[string]any{"i": i}}).Err())
+	}
+	// Delivered to "c", which then died.
+	require.NoError(t, rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "g", Consumer: "c", Streams: []string{"s", ">"}, Count: 7, Block: -1}).Err())
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var errs []error
+	h := streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
+		mu.Lock()
+		seen[msg.ID]++
+		mu.Unlock()
+		return nil
+	})
+	cfg := streamtx.Config{Stream: "s", Group: "g", Consumer: "c", BatchSize: 2, Block: 5 * time.Millisecond,
+		Observer: streamtx.ObserverFunc(func(e streamtx.Event) {
+			if e.Kind == streamtx.EventError {
+				mu.Lock()
+				errs = append(errs, e.Err)
+				mu.Unlock()
+			}
+		})}
+	c, err := streamtx.NewConsumer(rdb, cfg, h)
+	require.NoError(t, err)
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx) }()
+	require.Eventually(t, func() bool {
+		p, err := rdb.XPending(ctx, "s", "g").Result()
+		return err == nil && p.Count == 0
+	}, 10*time.Second, 5*time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, seen, 7)
+	for id, n := range seen {
+		require.Equal(t, 1, n, id)
+	}
+	require.Empty(t, errs)
 }

@@ -35,8 +35,17 @@ if mode == 'own' then
   local p = redis.call('XPENDING', stream, group, ARGV[4], '+', n, consumer)
   for i, row in ipairs(p) do ids[i] = row[1] end
   if #p == n then
-    -- Continue after the last ID seen: "(" makes the range exclusive.
-    nextid = '(' .. p[#p][1]
+    -- Continue after the last ID seen: from its successor (ms-seq+1), which
+    -- every server and miniredis take; "(" (exclusive) only for a sequence
+    -- too large for a Lua number to hold exactly.
+    local last = p[#p][1]
+    local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+    local n = tonumber(seq)
+    if ms and n and n < 9007199254740991 then
+      nextid = ms .. '-' .. string.format('%.0f', n + 1)
+    else
+      nextid = '(' .. last
+    end
   end
 elseif mode == 'ids' then
   local n = tonumber(ARGV[4])
