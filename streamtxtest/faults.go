@@ -427,13 +427,25 @@ func (tt *Tester) bumpStates(ctx context.Context, keys []string) bool {
 	ctx = context.WithoutCancel(ctx)
 	bumped := false
 	for _, k := range keys {
-		rec, err := record.Load(ctx, tt.admin, k)
+		old, err := tt.admin.Get(ctx, k).Result()
+		if err != nil {
+			continue
+		}
+		rec, err := record.Parse(k, old)
 		if err != nil || rec.Version == 0 {
 			continue
 		}
-		if tt.admin.Set(ctx, k, record.Format(rec.Version+1, rdb.NewToken(), rec.LastID, rec.Data), 0).Err() == nil {
+		// Compare and set: other consumers of the test (a claimer, a
+		// replacement) may commit meanwhile, and overwriting their commit
+		// with the older value would lose it — the injector's fault, not
+		// the handler's.
+		bump := string(record.Format(rec.Version+1, rdb.NewToken(), rec.LastID, rec.Data))
+		if n, err := redis.NewScript(casSrc).Run(ctx, tt.admin, []string{k}, old, bump).Int(); err == nil && n == 1 {
 			bumped = true
 		}
 	}
 	return bumped
 }
+
+// casSrc sets KEYS[1] to ARGV[2] if it still holds ARGV[1].
+const casSrc = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0`
