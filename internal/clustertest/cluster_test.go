@@ -299,10 +299,12 @@ func (p *producer) run(ctx context.Context, n, chunk int, gate func(ctx context.
 			pipe.XAdd(ctx, &redis.XAddArgs{Stream: p.stream, ID: id, Values: map[string]any{"i": i}})
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
-			for _, id := range ids {
-				if err := p.addOne(ctx, id); err != nil {
+			for k, id := range ids {
+				got, err := p.addOne(ctx, id)
+				if err != nil {
 					return err
 				}
+				ids[k] = got
 			}
 		}
 		p.ids = append(p.ids, ids...)
@@ -311,27 +313,35 @@ func (p *producer) run(ctx context.Context, n, chunk int, gate func(ctx context.
 }
 
 // addOne adds one entry unless it is there already, retrying errors for a
-// while.
-func (p *producer) addOne(ctx context.Context, id string) error {
+// while, and returns its ID. When the stream has moved past id without it
+// (a failover lost it while later ones of its pipeline survived), the entry
+// is added with a new ID, which it returns.
+func (p *producer) addOne(ctx context.Context, id string) (string, error) {
 	var err error
+	i := strings.TrimPrefix(id, "1-")
 	for range 50 {
 		var got []redis.XMessage
 		if got, err = p.rdb.XRange(ctx, p.stream, id, id).Result(); err == nil {
 			if len(got) == 1 {
-				return nil
+				return id, nil
 			}
-			i := strings.TrimPrefix(id, "1-")
 			if err = p.rdb.XAdd(ctx, &redis.XAddArgs{Stream: p.stream, ID: id, Values: map[string]any{"i": i}}).Err(); err == nil {
-				return nil
+				return id, nil
+			}
+			if redis.HasErrorPrefix(err, "ERR The ID specified in XADD is equal or smaller") {
+				var nid string
+				if nid, err = p.rdb.XAdd(ctx, &redis.XAddArgs{Stream: p.stream, Values: map[string]any{"i": i}}).Result(); err == nil {
+					return nid, nil
+				}
 			}
 		}
 		select {
 		case <-time.After(100 * time.Millisecond): // backoff before retrying the failed command
 		case <-ctx.Done():
-			return ctx.Err()
+			return "", ctx.Err()
 		}
 	}
-	return fmt.Errorf("adding %s: %w", id, err)
+	return "", fmt.Errorf("adding %s: %w", id, err)
 }
 
 // consumerConfig returns the config of one test consumer: short timings,
