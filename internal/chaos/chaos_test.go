@@ -192,35 +192,7 @@ func TestChaos(t *testing.T) {
 	// Drain: both groups have delivered the last entry and hold nothing.
 	lastID := src.ids[len(src.ids)-1]
 	drainTimeout := 60*time.Second + time.Duration(n)*5*time.Millisecond
-	deadline := time.Now().Add(drainTimeout)
-	for {
-		ok, status := groupStatus(ctx, rdb, srcStream, lastID, "g", "gk")
-		if ok {
-			in.logf("drained: %s", status)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("chaos: HANG: not drained %v after the faults stopped: %s", drainTimeout, status)
-			for _, g := range []string{"g", "gk"} {
-				cs, err := rdb.XInfoConsumers(ctx, srcStream, g).Result()
-				t.Logf("chaos: consumers of %s: %+v %v", g, cs, err)
-			}
-			for _, p := range cl.dumpAll() {
-				t.Logf("chaos: goroutines of worker %s (pid %d) dumped in %s", p.id, p.pid, p.logPath)
-			}
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // polling for the drain
-	}
-	for _, p := range cl.terminateAll(30 * time.Second) {
-		t.Errorf("chaos: HANG: worker %s (pid %d) did not exit within 30s of SIGTERM; goroutine dump in %s", p.id, p.pid, p.logPath)
-	}
-	for _, msg := range cl.problems() {
-		t.Errorf("chaos: %s", msg)
-	}
-	for _, msg := range cl.logFindings() {
-		t.Errorf("chaos: %s", msg)
-	}
+	drainAndStop(ctx, t, rdb, cl, in.logf, srcStream, lastID, drainTimeout, "g", "gk")
 
 	// Invariants.
 	counts := in.counts
@@ -410,5 +382,43 @@ func (p *pacer) write() {
 		if err := os.WriteFile(tmp, []byte(strconv.FormatInt(p.delay[i].Microseconds(), 10)), 0o644); err == nil {
 			os.Rename(tmp, r.pace)
 		}
+	}
+}
+
+// drainAndStop waits up to drainTimeout for groups to have read and
+// acknowledged everything of stream up to lastID (dumping the workers'
+// goroutines when they do not), then stops every worker with SIGTERM and
+// reports what the workers logged as problems.
+func drainAndStop(ctx context.Context, t *testing.T, rdb *redis.Client, cl *cluster, logf func(string, ...any),
+	stream, lastID string, drainTimeout time.Duration, groups ...string) {
+	t.Helper()
+	deadline := time.Now().Add(drainTimeout)
+	for {
+		ok, status := groupStatus(ctx, rdb, stream, lastID, groups...)
+		if ok {
+			logf("drained: %s", status)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("chaos: HANG: not drained %v after the faults stopped: %s", drainTimeout, status)
+			for _, g := range groups {
+				cs, err := rdb.XInfoConsumers(ctx, stream, g).Result()
+				t.Logf("chaos: consumers of %s: %+v %v", g, cs, err)
+			}
+			for _, p := range cl.dumpAll() {
+				t.Logf("chaos: goroutines of worker %s (pid %d) dumped in %s", p.id, p.pid, p.logPath)
+			}
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // polling for the drain
+	}
+	for _, p := range cl.terminateAll(30 * time.Second) {
+		t.Errorf("chaos: HANG: worker %s (pid %d) did not exit within 30s of SIGTERM; goroutine dump in %s", p.id, p.pid, p.logPath)
+	}
+	for _, msg := range cl.problems() {
+		t.Errorf("chaos: %s", msg)
+	}
+	for _, msg := range cl.logFindings() {
+		t.Errorf("chaos: %s", msg)
 	}
 }

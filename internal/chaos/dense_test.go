@@ -124,31 +124,7 @@ func TestChaosDense(t *testing.T) {
 	in.logf("faults stopped; draining")
 
 	drainTimeout := 60*time.Second + time.Duration(n)*5*time.Millisecond
-	deadline := time.Now().Add(drainTimeout)
-	for {
-		ok, status := groupStatus(ctx, rdb, srcStream, lastID, "g")
-		if ok {
-			in.logf("drained: %s", status)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("chaos: HANG: not drained %v after the faults stopped: %s", drainTimeout, status)
-			for _, p := range cl.dumpAll() {
-				t.Logf("chaos: goroutines of worker %s (pid %d) dumped in %s", p.id, p.pid, p.logPath)
-			}
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // polling for the drain
-	}
-	for _, p := range cl.terminateAll(30 * time.Second) {
-		t.Errorf("chaos: HANG: worker %s (pid %d) did not exit within 30s of SIGTERM; goroutine dump in %s", p.id, p.pid, p.logPath)
-	}
-	for _, msg := range cl.problems() {
-		t.Errorf("chaos: %s", msg)
-	}
-	for _, msg := range cl.logFindings() {
-		t.Errorf("chaos: %s", msg)
-	}
+	drainAndStop(ctx, t, rdb, cl, in.logf, srcStream, lastID, drainTimeout, "g")
 
 	v := checkGroup(ctx, rdb, src, "g", outStream, false)
 	for _, msg := range v.violations {
