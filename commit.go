@@ -71,6 +71,7 @@ func (c *Consumer) startCommit(ctx context.Context, items []item, async bool) *c
 			Offsets:  c.space.Offsets(),
 			Group:    c.cfg.Group,
 			Consumer: c.cfg.Consumer,
+			Fence:    c.fence,
 		},
 		done: make(chan struct{}),
 	}

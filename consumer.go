@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/keys"
+	"github.com/streamtx/streamtx/internal/partition"
 	"github.com/streamtx/streamtx/internal/rdb"
 	"github.com/streamtx/streamtx/internal/record"
 	"github.com/streamtx/streamtx/internal/streamid"
@@ -24,12 +25,19 @@ import (
 // Config configures a Consumer. The zero value of every optional field means
 // its default; no zero value blocks forever.
 type Config struct {
-	// Stream is the source stream. Required.
+	// Stream is the source stream. Required, unless Topic is set.
 	Stream string
+	// Topic is the partitioned topic to consume instead of a stream
+	// (exclusive with Stream; create it with CreateTopic). The consumer
+	// joins the group's membership and consumes the partitions it is
+	// assigned, each under a fenced lease, keeping the order of the entries
+	// of each key (see "Partitioned topics" in the package docs).
+	Topic string
 	// Group is the consumer group; created (with the stream) when missing.
 	// Required.
 	Group string
-	// Consumer is this process's name in the group. It must be stable across
+	// Consumer is this process's name in the group. On a topic it is the
+	// member's name (each Run joins as a new instance of it). On a stream it must be stable across
 	// restarts (a restarted process finds its pending entries by name) and
 	// unique among live processes (two live processes with one name are
 	// fenced against each other, which is safe but wasteful). Required.
@@ -127,6 +135,16 @@ type Config struct {
 	// on any client, the publish is committed to this group's outbox stream
 	// (in the source's slot) and a Relay forwards it exactly once.
 	CrossSlot CrossSlotMode
+
+	// LeaseTTL (topics only) is how long a partition's lease lasts without
+	// a heartbeat: a consumer that dies or pauses loses its partitions to
+	// the other members within LeaseTTL + Heartbeat. Default 10s; at least
+	// 100ms.
+	LeaseTTL time.Duration
+	// Heartbeat (topics only) is the pause between two heartbeats, which
+	// renew membership and leases and rebalance partitions. Default
+	// LeaseTTL/3; less than LeaseTTL/2.
+	Heartbeat time.Duration
 }
 
 // Retention is Config.Retention. An entry is trimmed when it is below the
@@ -157,8 +175,18 @@ const maxBatch = 1000
 
 func (cfg *Config) setDefaults() error {
 	switch {
-	case cfg.Stream == "":
-		return configErr("Stream", "required")
+	case cfg.Stream == "" && cfg.Topic == "":
+		return configErr("Stream", "required (or Topic)")
+	case cfg.Stream != "" && cfg.Topic != "":
+		return configErr("Topic", "set with Stream %q: a consumer reads a stream or a topic, not both", cfg.Stream)
+	case cfg.Topic != "" && partition.CheckName(cfg.Topic) != nil:
+		return configErr("Topic", "%q: %v", cfg.Topic, partition.CheckName(cfg.Topic))
+	case cfg.Topic != "" && cfg.PartitionKey != nil:
+		return configErr("PartitionKey", "set for topic %q: a topic's lanes are its entries' keys", cfg.Topic)
+	case cfg.LeaseTTL < 0:
+		return configErr("LeaseTTL", "negative (%s)", cfg.LeaseTTL)
+	case cfg.Heartbeat < 0:
+		return configErr("Heartbeat", "negative (%s)", cfg.Heartbeat)
 	case cfg.Group == "":
 		return configErr("Group", "required")
 	case cfg.Consumer == "":
@@ -227,6 +255,21 @@ func (cfg *Config) setDefaults() error {
 	if cfg.Retention.Interval == 0 {
 		cfg.Retention.Interval = time.Minute
 	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 10 * time.Second
+	}
+	if cfg.LeaseTTL < 100*time.Millisecond {
+		return configErr("LeaseTTL", "%s is below 100ms", cfg.LeaseTTL)
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = cfg.LeaseTTL / 3
+	}
+	if cfg.Heartbeat >= cfg.LeaseTTL/2 {
+		return configErr("Heartbeat", "%s is not less than half of LeaseTTL (%s): a lease would expire between two renewals", cfg.Heartbeat, cfg.LeaseTTL)
+	}
+	if cfg.Topic != "" {
+		cfg.PartitionKey = entryKey
+	}
 	// Entries wait in this consumer's hands while a read blocks or a batch
 	// fills: another consumer must not find them idle meanwhile.
 	if cfg.Block >= cfg.ClaimIdle {
@@ -278,6 +321,16 @@ type Consumer struct {
 
 	inHand        atomic.Pointer[[]*Message] // the batch the handlers run on (see KeepAlive)
 	lastKeepAlive atomic.Int64               // Unix nanoseconds
+
+	// Topics: a consumer of a topic runs a partition consumer (a Consumer
+	// of the partition's stream, behind its lease) per partition it owns.
+	orig      Handler    // the handler as given, for the partition consumers
+	name      string     // the consumer's name in events and logs (Config.Consumer)
+	partition int        // the partition this consumer consumes, or -1
+	fence     *rdb.Fence // the lease a partition consumer holds, or nil
+	ordered   bool       // keep the order of each key's entries (a partition consumer)
+	lost      func()     // stops a partition consumer whose lease is gone
+	members   atomic.Pointer[member] // a topic consumer's Run
 }
 
 // runner is the state of one Run, owned by its goroutine: what the stages
@@ -298,6 +351,10 @@ type runner struct {
 	ahead      *readAhead // the read sent before the batch in hand was handled
 	stopping   bool       // Run is returning: no more read-aheads
 	contended  int        // batches left that refresh cached state first (after a conflict)
+
+	// A partition consumer keeps each key's entries in order (see order.go).
+	waiting []*Message        // entries held back behind an earlier entry of their key, in ID order
+	keyOf   map[string]string // entry ID -> key, of the entries in retries
 }
 
 // NewConsumer validates cfg, applies its defaults and returns a Consumer. It
@@ -318,6 +375,15 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 	}
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
+	}
+	if cfg.Topic != "" {
+		return &Consumer{
+			rdb: client, cfg: cfg, h: Wrap(h, cfg.Middleware...), meta: meta, orig: h,
+			name: cfg.Consumer, partition: -1,
+			log:   cfg.Logger.With("topic", cfg.Topic, "group", cfg.Group, "consumer", cfg.Consumer),
+			ready: make(chan struct{}),
+			done:  make(chan struct{}),
+		}, nil
 	}
 	if cfg.Parallelism > 1 && cfg.PartitionKey == nil {
 		p, ok := meta.(interface{ partitionKey() func(*Message) string })
@@ -355,6 +421,9 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		cluster:  cluster,
 		slot:     keys.Slot(cfg.Stream),
 		scripts:  scripts,
+		orig:     h,
+		name:     cfg.Consumer,
+		partition: -1,
 		log:      cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
 		ready:    make(chan struct{}),
 		done:     make(chan struct{}),
@@ -506,6 +575,9 @@ func (c *Consumer) Run(ctx context.Context) (err error) {
 	}()
 
 	c.health.Store(nil)
+	if c.cfg.Topic != "" {
+		return c.runTopic(ctx)
+	}
 	if err := c.start(ctx); err != nil || ctx.Err() != nil {
 		return err
 	}
@@ -538,14 +610,21 @@ var errFatal = errors.New("streamtx: fatal")
 // newRunner returns the state of a new Run: this consumer's pending
 // entries are read first.
 func (c *Consumer) newRunner() *runner {
-	return &runner{
+	r := &runner{
 		Consumer:   c,
 		retries:    make(map[string]time.Time),
 		held:       make(map[string]*heldMsg),
 		recoverOwn: true,
 		ownCursor:  "0",
 		idleCursor: "0-0",
+		keyOf:      make(map[string]string),
 	}
+	if c.ordered {
+		// A partition's pending entries are all this consumer's: nothing
+		// to claim from others.
+		r.nextClaim = time.Unix(1<<40, 0)
+	}
+	return r
 }
 
 // start creates the group (and stream) when missing, retrying connection
@@ -591,6 +670,6 @@ func (c *Consumer) report(e Event) {
 	if c.cfg.Observer == nil {
 		return
 	}
-	e.Stream, e.Group, e.Consumer = c.cfg.Stream, c.cfg.Group, c.cfg.Consumer
+	e.Stream, e.Group, e.Consumer, e.Partition = c.cfg.Stream, c.cfg.Group, c.name, c.partition
 	c.cfg.Observer.Observe(e)
 }

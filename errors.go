@@ -15,6 +15,13 @@ var (
 	// the state reloaded.
 	ErrNotOwned = errors.New("streamtx: entry not owned by this consumer")
 
+	// ErrLeaseLost is reported (EventRevoked, EventFenced) when a consumer
+	// of a topic lost a partition's lease without handing it over: it paused
+	// or could not reach Redis past Config.LeaseTTL, and another member
+	// acquired the partition under a new epoch. Its commits under the old
+	// epoch are refused and write nothing.
+	ErrLeaseLost = errors.New("streamtx: partition lease lost")
+
 	// ErrVersionConflict is reported when a state record changed in Redis
 	// since the handler read it (another consumer committed, or a failover
 	// lost commits). The consumer reloads the state and runs the handlers

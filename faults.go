@@ -73,6 +73,12 @@ func (c *Consumer) healthy() {
 // progress: it goes to the Observer (EventError, the entries concerned in
 // IDs), to the log and to Health.
 func (c *Consumer) fault(err error, ids []string, attempt int64) {
+	if isFenced(err) && c.lost != nil {
+		// Not a fault: another instance holds the partition now.
+		c.report(Event{Kind: EventFenced, IDs: ids, Err: fmt.Errorf("%w: %w", ErrLeaseLost, err)})
+		c.lost()
+		return
+	}
 	since := time.Now()
 	if u := c.health.Load(); u != nil {
 		since = u.since
@@ -127,6 +133,9 @@ func (r *runner) isolateSuspects(ctx, hctx context.Context, msgs []*Message) []*
 	}
 	// A suspect commits on its own, so the commit in flight goes first.
 	r.settleAndRerun(ctx, hctx)
+	if r.ordered {
+		return r.isolateSuspectsInOrder(ctx, hctx, msgs)
+	}
 	rest := make([]*Message, 0, len(msgs)-n)
 	for _, m := range unique(msgs) {
 		if m.Deliveries <= r.cfg.MaxDeliveries {
@@ -136,6 +145,30 @@ func (r *runner) isolateSuspects(ctx, hctx context.Context, msgs []*Message) []*
 		}
 	}
 	return rest
+}
+
+// isolateSuspectsInOrder is isolateSuspects keeping each key's order: the
+// entries before a suspect are committed before it is handled alone, and an
+// entry whose key a failure holds back waits.
+func (r *runner) isolateSuspectsInOrder(ctx, hctx context.Context, msgs []*Message) []*Message {
+	var run []*Message
+	for _, m := range msgs {
+		if m.Deliveries <= r.cfg.MaxDeliveries {
+			run = append(run, m)
+			continue
+		}
+		if len(run) > 0 {
+			r.processSync(ctx, hctx, run)
+			run = nil
+		}
+		if ctx.Err() != nil && hctx.Err() != nil {
+			continue // stays pending for the next owner
+		}
+		if free := r.holdBack([]*Message{m}); len(free) > 0 {
+			r.handleAlone(ctx, hctx, m)
+		}
+	}
+	return r.holdBack(run)
 }
 
 // handleAlone handles and commits m in a batch of its own, counting the

@@ -78,8 +78,9 @@ func (c *Consumer) handleBatch(hctx context.Context, msgs []*Message, refresh bo
 	for i := range run {
 		run[i] = i
 	}
+	hold := newKeyHold(c.ordered)
 	for len(run) > 0 {
-		c.handlePass(hctx, msgs, run, txs, errs, ctxs)
+		c.handlePass(hctx, msgs, run, txs, errs, ctxs, hold)
 		restore := c.states.NeedsRestore()
 		if !restore {
 			if err := c.states.EncodeBatch(); err != nil {
@@ -127,9 +128,9 @@ type failure struct {
 // handlePass handles msgs[i] for every i in run, in order (in lanes when
 // Parallelism asks for them), into txs[i] and errs[i] (and, with tracing,
 // the handler's context into ctxs[i]).
-func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error, ctxs []context.Context) {
+func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error, ctxs []context.Context, hold *keyHold) {
 	if c.cfg.Parallelism > 1 && len(run) > 1 {
-		c.handleLanes(hctx, msgs, run, txs, errs, ctxs)
+		c.handleLanes(hctx, msgs, run, txs, errs, ctxs, hold)
 		return
 	}
 	if c.cfg.Parallelism > 1 {
@@ -138,11 +139,18 @@ func (c *Consumer) handlePass(hctx context.Context, msgs []*Message, run []int, 
 	}
 	all := make([]txnengine.Tx, len(run)) // one allocation for the pass's transactions
 	for k, i := range run {
+		if hold.held(msgs[i].Key, i) {
+			errs[i] = errHeldBack
+			continue
+		}
 		all[k].Reset(c.env, msgs[i].ID, 0)
 		txs[i] = &all[k]
 		errs[i] = c.handleOne(hctx, msgs[i], txs[i], len(msgs), ctxs, i)
-		if errs[i] != nil && c.states.NeedsRestore() {
-			return // the rest would see a record the failure left behind
+		if errs[i] != nil {
+			hold.fail(msgs[i].Key, i)
+			if c.states.NeedsRestore() {
+				return // the rest would see a record the failure left behind
+			}
 		}
 	}
 }
@@ -181,7 +189,7 @@ func (c *Consumer) handleOne(hctx context.Context, m *Message, tx *txnengine.Tx,
 
 // handleLanes handles the msgs run names in Parallelism lanes by partition key, each lane
 // in order, and waits for all of them.
-func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error, ctxs []context.Context) {
+func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int, txs []*txnengine.Tx, errs []error, ctxs []context.Context, hold *keyHold) {
 	c.states.BeginBatch()
 	n := c.cfg.Parallelism
 	lanes := make([][]int, n)
@@ -199,6 +207,10 @@ func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int,
 		go func() {
 			defer wg.Done()
 			for k, i := range idx {
+				if hold.held(msgs[i].Key, i) {
+					errs[i] = errHeldBack
+					continue
+				}
 				txs[i] = txnengine.NewInLane(c.env, msgs[i].ID, l+1)
 				errs[i] = c.handleOne(hctx, msgs[i], txs[i], len(msgs), ctxs, i)
 				if errors.Is(errs[i], txnengine.ErrLaneConflict) {
@@ -207,8 +219,11 @@ func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int,
 					deferred[l] = idx[k:]
 					return
 				}
-				if errs[i] != nil && c.states.NeedsRestore() {
-					return // the rest of the lane would see what the failure left
+				if errs[i] != nil {
+					hold.fail(msgs[i].Key, i)
+					if c.states.NeedsRestore() {
+						return // the rest of the lane would see what the failure left
+					}
 				}
 			}
 		}()
@@ -230,10 +245,17 @@ func (c *Consumer) handleLanes(hctx context.Context, msgs []*Message, run []int,
 	}
 	c.states.BeginBatch()
 	for _, i := range later {
+		if hold.held(msgs[i].Key, i) {
+			errs[i] = errHeldBack
+			continue
+		}
 		txs[i] = txnengine.NewInLane(c.env, msgs[i].ID, 0)
 		errs[i] = c.handleOne(hctx, msgs[i], txs[i], len(msgs), ctxs, i)
-		if errs[i] != nil && c.states.NeedsRestore() {
-			return // the rest would see what the failure left
+		if errs[i] != nil {
+			hold.fail(msgs[i].Key, i)
+			if c.states.NeedsRestore() {
+				return // the rest would see what the failure left
+			}
 		}
 	}
 }

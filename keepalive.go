@@ -36,6 +36,9 @@ func (c *Consumer) keepAlive(ctx context.Context) error {
 	if now-last < int64(c.cfg.ClaimIdle/10) || !c.lastKeepAlive.CompareAndSwap(last, now) {
 		return nil
 	}
+	if c.ordered {
+		return nil // a partition's entries are never claimed: its lease keeps them
+	}
 	p := c.inHand.Load()
 	if p == nil || len(*p) == 0 {
 		return nil

@@ -28,9 +28,17 @@ const (
 	// entries concerned in IDs; see Consumer.Health). The consumer carries
 	// on.
 	EventError
+	// EventAssigned: a consumer of a topic acquired partition Partition
+	// under lease epoch Epoch, and consumes it from now on.
+	EventAssigned
+	// EventRevoked: a consumer of a topic stopped consuming partition
+	// Partition: handed over to another member (Err nil, after the entries
+	// in hand were committed or left pending), or its lease was lost (Err
+	// says why).
+	EventRevoked
 )
 
-var kindNames = [...]string{"", "commit", "conflict", "fenced", "retry", "dead-letter", "claim", "error"}
+var kindNames = [...]string{"", "commit", "conflict", "fenced", "retry", "dead-letter", "claim", "error", "assigned", "revoked"}
 
 func (k EventKind) String() string {
 	if k > 0 && int(k) < len(kindNames) {
@@ -49,6 +57,10 @@ type Event struct {
 	Deliveries int64         // for EventRetry and EventDeadLetter
 	Err        error         // why, when it is a failure
 	Duration   time.Duration // for EventCommit: the commit round trip
+	// Partition is the topic partition of the event (Stream is then the
+	// partition's stream), or -1 for a consumer of a plain stream.
+	Partition int
+	Epoch     int64 // for EventAssigned: the lease epoch
 }
 
 // Observer receives a consumer's events. Observe is called synchronously

@@ -24,17 +24,28 @@ type item struct {
 // first: if it was refused, the state this batch was handled on is gone, and
 // both are handled again (synchronously).
 func (r *runner) process(ctx, hctx context.Context, msgs []*Message) {
+	read := len(msgs)
+	if msgs = r.holdBack(msgs); len(msgs) == 0 {
+		return
+	}
 	if msgs = r.isolateSuspects(ctx, hctx, msgs); len(msgs) == 0 {
 		return
 	}
 	// With a backlog, read the next batch now: Redis serves it (and the
 	// commit in flight) while the handlers run, instead of after.
-	backlog := len(msgs) == r.cfg.BatchSize && r.cfg.BatchSize > 1
-	if backlog && r.ahead == nil && ctx.Err() == nil && !r.stopping {
+	backlog := read == r.cfg.BatchSize && r.cfg.BatchSize > 1
+	if backlog && r.ahead == nil && ctx.Err() == nil && !r.stopping && !r.full() {
 		r.startReadAhead(ctx)
 	}
 	items := r.handle(hctx, msgs)
 	if rerun, ok := r.settle(ctx); !ok {
+		if r.ordered && r.recoverOwn {
+			// The commit before has an unknown outcome: committing this
+			// batch could put an entry before an earlier one of its key.
+			// Both stay pending and are recovered in stream order.
+			r.states.Discard()
+			return
+		}
 		r.processSync(ctx, hctx, append(rerun, messagesOf(items)...))
 		return
 	}
@@ -84,6 +95,9 @@ func (r *runner) processSync(ctx, hctx context.Context, msgs []*Message) {
 		if attempt > 2 {
 			// Contended state: let the other consumer's commit through.
 			r.sleep(hctx, backoff(int64(attempt-2), time.Millisecond, 100*time.Millisecond))
+		}
+		if msgs = r.holdBack(msgs); len(msgs) == 0 {
+			return
 		}
 		items := r.handle(hctx, msgs)
 		if len(items) == 0 {

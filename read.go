@@ -29,6 +29,15 @@ func (r *runner) step(ctx, hctx context.Context) error {
 		due = r.dueRetries(now)
 		claiming = r.recoverOwn || due != nil || !now.Before(r.nextClaim)
 	}
+	var release []*Message
+	if r.ahead == nil && !r.recoverOwn && r.ordered && len(r.waiting) > 0 && r.releasable(false) != nil {
+		if r.inflight != nil {
+			// The entry that held them back may be in this commit.
+			r.settleAndRerun(ctx, hctx)
+			return nil
+		}
+		release = r.releasable(true)
+	}
 	if claiming && r.inflight != nil {
 		// A claim bumps delivery counts: settle the commit in flight first,
 		// or the claim could fence it.
@@ -43,6 +52,8 @@ func (r *runner) step(ctx, hctx context.Context) error {
 		msgs, err = r.takeAhead(ctx)
 	case r.recoverOwn:
 		msgs, err = r.claimOwn(ctx)
+	case release != nil:
+		msgs = release // no earlier entry of their keys is pending now
 	case due != nil:
 		msgs, err = r.retry(ctx, due)
 	case !now.Before(r.nextClaim):
@@ -50,6 +61,11 @@ func (r *runner) step(ctx, hctx context.Context) error {
 	case r.cfg.Retention.enabled() && !now.Before(r.nextTrim):
 		r.nextTrim = now.Add(r.cfg.Retention.Interval)
 		err = r.retain(ctx)
+	case r.full():
+		// Too many entries wait behind failed ones: read no more until
+		// their retries are settled.
+		r.settleAndRerun(ctx, hctx)
+		r.sleep(ctx, r.untilRetry(now))
 	default:
 		msgs, err = r.read(ctx, now)
 	}
@@ -64,9 +80,9 @@ func (r *runner) step(ctx, hctx context.Context) error {
 	return nil
 }
 
-// read reads new entries, blocking at most Block (less when a retry is due
-// sooner).
-func (r *runner) read(ctx context.Context, now time.Time) ([]*Message, error) {
+// untilRetry returns how long to wait for new entries: Block, or less when
+// a claim or retry is due sooner.
+func (r *runner) untilRetry(now time.Time) time.Duration {
 	block := r.cfg.Block
 	if d := r.nextClaim.Sub(now); d < block {
 		block = d
@@ -76,9 +92,13 @@ func (r *runner) read(ctx context.Context, now time.Time) ([]*Message, error) {
 			block = d
 		}
 	}
-	if block < time.Millisecond {
-		block = time.Millisecond
-	}
+	return max(block, time.Millisecond)
+}
+
+// read reads new entries, blocking at most Block (less when a retry is due
+// sooner).
+func (r *runner) read(ctx context.Context, now time.Time) ([]*Message, error) {
+	block := r.untilRetry(now)
 	if r.inflight != nil {
 		// Do not wait with a commit in flight: read what is there, and
 		// settle the commit before blocking.
@@ -139,6 +159,9 @@ func (r *runner) readFailed(ctx context.Context, err error) error {
 // of the consumer but its configuration and client, so a read-ahead can run
 // it beside the handlers.
 func (c *Consumer) fetch(ctx context.Context, count int, block time.Duration) ([]*Message, error) {
+	if c.fence != nil {
+		return c.fetchFenced(ctx, count, block)
+	}
 	// The read is not cancelled with ctx: a reply cut off mid-way would leave
 	// entries delivered but unseen. Block bounds the wait instead.
 	res, err := c.rdb.XReadGroup(context.WithoutCancel(ctx), &redis.XReadGroupArgs{
@@ -167,18 +190,50 @@ func (c *Consumer) fetch(ctx context.Context, count int, block time.Duration) ([
 				s, _ := v.(string)
 				vals[k] = s
 			}
-			all = append(all, Message{Stream: c.cfg.Stream, ID: m.ID, Values: vals, Deliveries: 1, Key: vals[partition.KeyField], Partition: -1})
+			all = append(all, Message{Stream: c.cfg.Stream, ID: m.ID, Values: vals, Deliveries: 1, Key: vals[partition.KeyField], Partition: c.partition})
 			msgs = append(msgs, &all[len(all)-1])
 		}
 	}
 	return msgs, nil
 }
 
+// fetchFenced is fetch for a partition consumer: read.lua reads behind the
+// lease's fence (a script cannot block), and when nothing is new, XREAD
+// waits for an entry past the stream's last one before reading again.
+func (c *Consumer) fetchFenced(ctx context.Context, count int, block time.Duration) ([]*Message, error) {
+	ctx = context.WithoutCancel(ctx) // as fetch: Block bounds the wait
+	read := func() (string, []*Message, error) {
+		keys, args := c.fence.Append([]string{c.cfg.Stream}, []any{c.cfg.Group, c.cfg.Consumer, count})
+		reply, err := rdb.Run(ctx, c.rdb, c.scripts.Read, keys, args...)
+		if err != nil {
+			return "", nil, err
+		}
+		top, entries, _, err := rdb.ParseClaim(reply)
+		if err != nil {
+			return "", nil, err
+		}
+		return top, c.messages(entries), nil
+	}
+	top, msgs, err := read()
+	if err != nil || len(msgs) > 0 || block < 0 {
+		return msgs, err
+	}
+	err = c.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{c.cfg.Stream, top}, Count: 1, Block: block}).Err()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	_, msgs, err = read()
+	return msgs, err
+}
+
 // claimOwn takes back this consumer's own pending entries, one batch per
 // call, from the start of the pending list.
 func (r *runner) claimOwn(ctx context.Context) ([]*Message, error) {
-	reply, err := rdb.Run(context.WithoutCancel(ctx), r.rdb, r.scripts.Claim, []string{r.cfg.Stream},
-		r.cfg.Group, r.cfg.Consumer, "own", r.ownCursor, r.cfg.BatchSize)
+	keys, args := r.fence.Append([]string{r.cfg.Stream}, []any{r.cfg.Group, r.cfg.Consumer, "own", r.ownCursor, r.cfg.BatchSize})
+	reply, err := rdb.Run(context.WithoutCancel(ctx), r.rdb, r.scripts.Claim, keys, args...)
 	if err != nil {
 		return nil, r.claimErr(ctx, err)
 	}
@@ -223,7 +278,8 @@ func (r *runner) claimIDs(ctx context.Context, ids []string) ([]*Message, error)
 	for _, id := range ids {
 		args = append(args, id)
 	}
-	reply, err := rdb.Run(context.WithoutCancel(ctx), r.rdb, r.scripts.Claim, []string{r.cfg.Stream}, args...)
+	keys, args := r.fence.Append([]string{r.cfg.Stream}, args)
+	reply, err := rdb.Run(context.WithoutCancel(ctx), r.rdb, r.scripts.Claim, keys, args...)
 	if err != nil {
 		return nil, r.claimErr(ctx, err)
 	}
@@ -240,8 +296,8 @@ func (r *runner) claimIDs(ctx context.Context, ids []string) ([]*Message, error)
 
 // claimIdle claims entries idle longer than ClaimIdle at other consumers.
 func (r *runner) claimIdle(ctx context.Context) ([]*Message, error) {
-	reply, err := rdb.Run(context.WithoutCancel(ctx), r.rdb, r.scripts.Claim, []string{r.cfg.Stream},
-		r.cfg.Group, r.cfg.Consumer, "idle", r.idleCursor, r.cfg.ClaimIdle.Milliseconds(), r.cfg.BatchSize)
+	keys, args := r.fence.Append([]string{r.cfg.Stream}, []any{r.cfg.Group, r.cfg.Consumer, "idle", r.idleCursor, r.cfg.ClaimIdle.Milliseconds(), r.cfg.BatchSize})
+	reply, err := rdb.Run(context.WithoutCancel(ctx), r.rdb, r.scripts.Claim, keys, args...)
 	if err != nil {
 		r.nextClaim = time.Now().Add(r.cfg.ClaimInterval)
 		return nil, r.claimErr(ctx, err)
@@ -278,12 +334,20 @@ func (r *runner) claimErr(ctx context.Context, err error) error {
 }
 
 func (r *runner) messages(entries []rdb.Entry) []*Message {
+	msgs := r.Consumer.messages(entries)
+	for _, m := range msgs {
+		delete(r.held, m.ID) // delivered again: this copy replaces the one held
+	}
+	return msgs
+}
+
+// messages turns claimed or read entries into Messages.
+func (c *Consumer) messages(entries []rdb.Entry) []*Message {
 	all := make([]Message, len(entries))
 	msgs := make([]*Message, len(entries))
 	for i, e := range entries {
-		all[i] = Message{Stream: r.cfg.Stream, ID: e.ID, Values: e.Values, Deliveries: e.Deliveries, Key: e.Values[partition.KeyField], Partition: -1}
+		all[i] = Message{Stream: c.cfg.Stream, ID: e.ID, Values: e.Values, Deliveries: e.Deliveries, Key: e.Values[partition.KeyField], Partition: c.partition}
 		msgs[i] = &all[i]
-		delete(r.held, e.ID) // delivered again: this copy replaces the one held
 	}
 	return msgs
 }

@@ -44,6 +44,13 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 			})
 		})
 	}
+	if isFenced(j.err) {
+		// Another instance holds the partition now: nothing was written.
+		r.states.Discard()
+		r.recoverOwn, r.ownCursor = true, "0"
+		j.end(SettleFenced, len(ids), ErrLeaseLost)
+		return nil, false
+	}
 	if j.err != nil {
 		// The outcome is unknown: forget the state, re-scan our pending
 		// entries. What did commit is acknowledged and will not come back;
@@ -218,7 +225,8 @@ func (r *runner) deadLetter(ctx context.Context, m *Message, cause error, pctx c
 	}
 	send := func() (rdb.Result, error) {
 		sends++
-		return r.runScript(ctx, r.scripts.DeadLetter, []string{r.cfg.Stream, r.dlq}, args)
+		keys, args := r.fence.Append([]string{r.cfg.Stream, r.dlq}, args)
+		return r.runScript(ctx, r.scripts.DeadLetter, keys, args)
 	}
 	res, err := send()
 	res, err = r.untilAccepted(ctx, "dead-letter move", []string{m.ID}, err, send)
@@ -243,6 +251,7 @@ func (r *runner) deadLetter(ctx context.Context, m *Message, cause error, pctx c
 	}
 	endSpan(SettleError, 1, err)
 	r.retries[m.ID] = time.Now().Add(r.backoff(m, err))
+	r.keyOf[m.ID] = m.Key
 	err = fmt.Errorf("streamtx: cannot dead-letter %s (it stays pending): %w", m.ID, err)
 	r.report(Event{Kind: EventError, IDs: []string{m.ID}, Err: err})
 	r.log.Error(err.Error(), "cause", cause)
@@ -265,6 +274,10 @@ func (r *runner) settleFailures(hctx context.Context, items []item, failed []fai
 // a backoff, or dead-letter it. pctx is the context of its handler run, or
 // nil (see deadLetter).
 func (r *runner) failed(hctx context.Context, m *Message, err error, pctx context.Context) {
+	if errors.Is(err, errHeldBack) {
+		r.wait(m)
+		return
+	}
 	if hctx.Err() != nil {
 		// Shutting down: the entry stays pending for the next owner.
 		return
@@ -281,6 +294,7 @@ func (r *runner) failed(hctx context.Context, m *Message, err error, pctx contex
 	}
 	d := r.backoff(m, err)
 	r.retries[m.ID] = time.Now().Add(d)
+	r.keyOf[m.ID] = m.Key
 	r.report(Event{Kind: EventRetry, IDs: []string{m.ID}, Deliveries: m.Deliveries, Err: err})
 	r.log.Info("streamtx: handler failed; will retry", "id", m.ID, "deliveries", m.Deliveries, "in", d, "err", err)
 }
@@ -297,6 +311,7 @@ func (r *runner) hold(m *Message, err error) {
 	h.attempts++
 	r.held[m.ID] = h
 	r.retries[m.ID] = time.Now().Add(backoff(h.attempts, 50*time.Millisecond, 5*time.Second))
+	r.keyOf[m.ID] = m.Key
 	r.fault(err, []string{m.ID}, h.attempts)
 }
 

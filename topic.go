@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/partition"
 	"github.com/streamtx/streamtx/txn"
 )
@@ -150,6 +151,20 @@ func (t *Topic) PartitionOf(key string) int { return t.m.PartitionOf(key) }
 // Stream returns the stream of partition p (see Names), or "" when p is not
 // in [0, Partitions()).
 func (t *Topic) Stream(p int) string { return t.m.Stream(p) }
+
+// Name returns the topic's name.
+func (t *Topic) Name() string { return t.m.Name() }
+
+// DeadLetterStream returns the default dead-letter stream of group's
+// consumers for partition p (in p's slot): where they move the entries of p
+// that failed for good, unless Config.DeadLetterStream names another.
+func (t *Topic) DeadLetterStream(group string, p int) string {
+	space, err := keys.NewSpace(t.m.Stream(p), group)
+	if err != nil {
+		return "" // (a topic's streams always have a hash tag)
+	}
+	return space.DeadLetters()
+}
 
 // PublishKeyed appends values to the partition of topic that key goes to
 // (Topic.PartitionOf), with key in the reserved field "stx.key", and returns

@@ -104,6 +104,16 @@ func Forwarded(target, outbox, id string) (string, error) {
 // dead-lettered" in the package streamtx docs).
 func (s Space) Suspect(id string) string { return s.base + "suspect:" + id }
 
+// Lease returns the lease record of the partition this space's stream is,
+// for this space's group (see lua/lease.lua).
+func (s Space) Lease() string { return s.base + "lease" }
+
+// Members returns the membership sorted set of group on topic (see
+// lua/members.lua), in the slot of the topic's metadata record.
+func Members(topic, group string) string {
+	return Prefix + "{" + topic + "}:topic:" + escape(group) + ":members"
+}
+
 // DeadLetters returns the default dead-letter stream.
 func (s Space) DeadLetters() string { return s.base + "dlq" }
 

@@ -41,8 +41,61 @@ type Scripts struct {
 	Produce     *redis.Script // produce.lua
 	Forward     *redis.Script // forward.lua
 	Trim        *redis.Script // trim.lua
+	Lease       *redis.Script // lease.lua
+	Members     *redis.Script // members.lua
+	Read        *redis.Script // read.lua (run it fenced)
 
 	commitSrc string // for EVAL when the server does not know the script
+	fenced    bool
+	src       map[*redis.Script]string
+}
+
+// FencePrologue goes before a script that a partition's lease holder runs:
+// it takes the lease key off the end of KEYS and the instance ID and epoch
+// off the end of ARGV, and refuses (error reply ErrFenced's prefix, nothing
+// written) unless the lease is held under that epoch by that instance. The
+// rest of the script sees KEYS and ARGV as they were without the fence.
+const FencePrologue = `local fence_key = KEYS[#KEYS]; KEYS[#KEYS] = nil
+local fence_epoch = ARGV[#ARGV]; ARGV[#ARGV] = nil
+local fence_owner = ARGV[#ARGV]; ARGV[#ARGV] = nil
+local fence = redis.call('HMGET', fence_key, 'owner', 'epoch')
+if fence[1] ~= fence_owner or fence[2] ~= fence_epoch then
+  return redis.error_reply('STXFENCED lease of ' .. fence_key .. ' is not held under epoch ' .. tostring(fence_epoch))
+end
+`
+
+// FencedPrefix starts the error reply of a script refused by its fence.
+const FencedPrefix = "STXFENCED"
+
+// Fenced returns a copy of s whose Commit, Claim, DeadLetter, KeepAlive and
+// Read scripts run behind FencePrologue: their callers append the lease key
+// to KEYS and the instance ID and epoch to ARGV (see Fence).
+func (s *Scripts) Fenced() *Scripts {
+	f := *s
+	f.fenced = true
+	f.commitSrc = FencePrologue + s.commitSrc
+	f.Commit = redis.NewScript(f.commitSrc)
+	for _, p := range []**redis.Script{&f.Claim, &f.DeadLetter, &f.KeepAlive, &f.Read} {
+		*p = redis.NewScript(FencePrologue + s.src[*p])
+	}
+	return &f
+}
+
+// IsFenced reports whether s runs behind the fence.
+func (s *Scripts) IsFenced() bool { return s.fenced }
+
+// Fence is what a fenced script is given: the lease key and the holder's
+// instance ID and epoch.
+type Fence struct {
+	Key, Owner, Epoch string
+}
+
+// Append returns keys and args with the fence added at their ends.
+func (f *Fence) Append(keys []string, args []any) ([]string, []any) {
+	if f == nil {
+		return keys, args
+	}
+	return append(keys[:len(keys):len(keys)], f.Key), append(args[:len(args):len(args)], f.Owner, f.Epoch)
 }
 
 // NewScripts wraps the scripts of fsys, which holds the files of lua/ at its
@@ -50,7 +103,7 @@ type Scripts struct {
 // The sources are not API: each script's header (KEYS, ARGV, return codes)
 // is the contract with this package.
 func NewScripts(fsys fs.FS) (*Scripts, error) {
-	s := &Scripts{}
+	s := &Scripts{src: make(map[*redis.Script]string)}
 	for _, f := range []struct {
 		name string
 		dst  **redis.Script
@@ -65,12 +118,16 @@ func NewScripts(fsys fs.FS) (*Scripts, error) {
 		{"produce.lua", &s.Produce},
 		{"forward.lua", &s.Forward},
 		{"trim.lua", &s.Trim},
+		{"lease.lua", &s.Lease},
+		{"members.lua", &s.Members},
+		{"read.lua", &s.Read},
 	} {
 		b, err := fs.ReadFile(fsys, f.name)
 		if err != nil {
 			return nil, fmt.Errorf("rdb: script %s: %w", f.name, err)
 		}
 		*f.dst = redis.NewScript(string(b))
+		s.src[*f.dst] = string(b)
 		if f.name == "commit.lua" {
 			s.commitSrc = string(b)
 		}
@@ -96,6 +153,8 @@ type Commit struct {
 	// Token identifies this commit; it is written into every state record.
 	// Empty: Build draws a random one.
 	Token string
+	// Fence, when set, is appended for scripts run fenced (Scripts.Fenced).
+	Fence *Fence
 	// Targets lists the distinct publish streams; PubTarget[i] is the index
 	// into Targets of Publishes[i]. Filled by Build.
 	Targets   []string
@@ -155,6 +214,9 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 		keys = append(keys, s.Key)
 	}
 	keys = append(keys, c.Targets...)
+	if c.Fence != nil {
+		keys = append(keys, c.Fence.Key)
+	}
 
 	if c.Token == "" {
 		c.Token = NewToken()
@@ -233,6 +295,9 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 			}
 			i++
 		}
+	}
+	if c.Fence != nil {
+		cmd = append(cmd, &c.Fence.Owner, &c.Fence.Epoch)
 	}
 	c.cmd, c.keys = cmd, keys
 	return keys, cmd[head:], nil
