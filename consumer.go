@@ -324,12 +324,12 @@ type Consumer struct {
 
 	// Topics: a consumer of a topic runs a partition consumer (a Consumer
 	// of the partition's stream, behind its lease) per partition it owns.
-	orig      Handler    // the handler as given, for the partition consumers
-	name      string     // the consumer's name in events and logs (Config.Consumer)
-	partition int        // the partition this consumer consumes, or -1
-	fence     *rdb.Fence // the lease a partition consumer holds, or nil
-	ordered   bool       // keep the order of each key's entries (a partition consumer)
-	lost      func()     // stops a partition consumer whose lease is gone
+	orig      Handler                // the handler as given, for the partition consumers
+	name      string                 // the consumer's name in events and logs (Config.Consumer)
+	partition int                    // the partition this consumer consumes, or -1
+	fence     *rdb.Fence             // the lease a partition consumer holds, or nil
+	ordered   bool                   // keep the order of each key's entries (a partition consumer)
+	lost      func()                 // stops a partition consumer whose lease is gone
 	members   atomic.Pointer[member] // a topic consumer's Run
 }
 
@@ -411,22 +411,22 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		return nil, err
 	}
 	c := &Consumer{
-		rdb:      client,
-		cfg:      cfg,
-		h:        Wrap(h, cfg.Middleware...),
-		meta:     meta,
-		laneSeed: maphash.MakeSeed(),
-		space:    space,
-		dlq:      dlq,
-		cluster:  cluster,
-		slot:     keys.Slot(cfg.Stream),
-		scripts:  scripts,
-		orig:     h,
-		name:     cfg.Consumer,
+		rdb:       client,
+		cfg:       cfg,
+		h:         Wrap(h, cfg.Middleware...),
+		meta:      meta,
+		laneSeed:  maphash.MakeSeed(),
+		space:     space,
+		dlq:       dlq,
+		cluster:   cluster,
+		slot:      keys.Slot(cfg.Stream),
+		scripts:   scripts,
+		orig:      h,
+		name:      cfg.Consumer,
 		partition: -1,
-		log:      cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
-		ready:    make(chan struct{}),
-		done:     make(chan struct{}),
+		log:       cfg.Logger.With("stream", cfg.Stream, "group", cfg.Group, "consumer", cfg.Consumer),
+		ready:     make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	c.states = txnengine.NewStates(c.loadState, c.stateKey, cfg.StateCacheSize)
 	c.states.DeferEncoding(true)

@@ -40,12 +40,12 @@ const partitionConsumerName = "stx-owner"
 
 // member is one Run of a consumer of a topic.
 type member struct {
-	c         *Consumer
-	topic     *Topic
-	id        string // instance ID
-	scripts   *rdb.Scripts
-	fenced    *rdb.Scripts
-	leaseKeys []string
+	c          *Consumer
+	topic      *Topic
+	id         string // instance ID
+	scripts    *rdb.Scripts
+	fenced     *rdb.Scripts
+	leaseKeys  []string
 	membersKey string
 
 	mu    sync.Mutex
