@@ -670,6 +670,9 @@ func (c *Consumer) report(e Event) {
 	if c.cfg.Observer == nil {
 		return
 	}
-	e.Stream, e.Group, e.Consumer, e.Partition = c.cfg.Stream, c.cfg.Group, c.name, c.partition
+	if c.cfg.Topic == "" { // (a topic consumer's own events name their partition)
+		e.Stream, e.Partition = c.cfg.Stream, c.partition
+	}
+	e.Group, e.Consumer = c.cfg.Group, c.name
 	c.cfg.Observer.Observe(e)
 }

@@ -34,7 +34,9 @@ func (r *runner) process(ctx, hctx context.Context, msgs []*Message) {
 	// With a backlog, read the next batch now: Redis serves it (and the
 	// commit in flight) while the handlers run, instead of after.
 	backlog := read == r.cfg.BatchSize && r.cfg.BatchSize > 1
-	if backlog && r.ahead == nil && ctx.Err() == nil && !r.stopping && !r.full() {
+	// (A partition consumer recovering its own entries reads none ahead:
+	// they come before any new one.)
+	if backlog && r.ahead == nil && ctx.Err() == nil && !r.stopping && !r.full() && !(r.ordered && r.recoverOwn) {
 		r.startReadAhead(ctx)
 	}
 	items := r.handle(hctx, msgs)

@@ -50,6 +50,12 @@ func (r *runner) step(ctx, hctx context.Context) error {
 		// before anything else (a claim of our own entries would re-deliver
 		// it).
 		msgs, err = r.takeAhead(ctx)
+		if r.ordered && r.recoverOwn {
+			// Read before a commit's outcome turned out unknown: those
+			// entries come after the ones to recover, which claimOwn
+			// delivers again in order.
+			msgs = nil
+		}
 	case r.recoverOwn:
 		msgs, err = r.claimOwn(ctx)
 	case release != nil:
