@@ -258,6 +258,8 @@ func TestCLIOnCluster(t *testing.T) {
 	assert.EqualValues(t, 5, n)
 	assert.Equal(t, "no dead letters\n", cliRun(t, every, "dlq", "list", s, "billing"))
 	assert.Contains(t, cliRun(t, oneSeed, "inspect", s), "length         5")
+
+	topicOnCluster(t, rdb, oneSeed)
 }
 
 // The CLI through Redis Sentinel: the URL names only the sentinels and the

@@ -21,6 +21,11 @@ letters, last delivered ID and trim point; then per consumer: pending
 entries, idle time and streamtx committed offset. Ends with the safe trim
 point: entries below it are delivered to and acknowledged by every group.
 
+Given a topic (and no stream of that name), it prints each partition
+stream in turn; one that nothing was published to yet is named only.
+--json then prints {"topic": TOPIC, "streams": [...]}, one element per
+partition (null for a stream that does not exist yet).
+
 --watch refreshes every D until interrupted (or --count times).
 `
 
@@ -44,8 +49,19 @@ func runInspect(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	clear := *watch > 0 && !*asJSON && isTerminal(c.stdout)
+	isTopic := false // once name was found to be a topic
 	for n := 1; ; n++ {
-		info, err := streamtx.Inspect(ctx, rdb, pos[0])
+		var info *streamtx.StreamInfo
+		var topic *streamtx.TopicInfo
+		if !isTopic {
+			info, err = streamtx.Inspect(ctx, rdb, pos[0])
+			var t *streamtx.Topic
+			t, err = topicOf(ctx, rdb, pos[0], err)
+			isTopic = t != nil
+		}
+		if isTopic {
+			topic, err = streamtx.InspectTopic(ctx, rdb, pos[0])
+		}
 		if err != nil {
 			if ctx.Err() != nil && *watch > 0 {
 				return nil // interrupted
@@ -62,9 +78,17 @@ func runInspect(ctx context.Context, c *cli, args []string) error {
 			if *watch == 0 {
 				enc.SetIndent("", "  ")
 			}
-			if err := enc.Encode(inspectJSON(info)); err != nil {
+			var v any
+			if topic != nil {
+				v = inspectTopicJSON(topic)
+			} else {
+				v = inspectJSON(info)
+			}
+			if err := enc.Encode(v); err != nil {
 				return err
 			}
+		} else if topic != nil {
+			printInspectTopic(c.stdout, topic, *watch > 0)
 		} else {
 			printInspect(c.stdout, info, *watch > 0)
 		}
@@ -165,6 +189,21 @@ func printInspect(w io.Writer, info *streamtx.StreamInfo, stamp bool) {
 	fmt.Fprintf(w, "safe trim point: %s (held back by group %q: %s)\n", info.SafeTrimPoint, info.SafeTrimHeldBy, why)
 }
 
+// printInspectTopic prints each partition stream of a topic as printInspect
+// prints a stream.
+func printInspectTopic(w io.Writer, info *streamtx.TopicInfo, stamp bool) {
+	fmt.Fprintf(w, "topic %s: %s\n", info.Name, partitionsOf(info.Partitions))
+	for p, s := range info.Inspected {
+		fmt.Fprintf(w, "\n== partition %d: %s\n", p, info.Streams[p])
+		if s == nil {
+			fmt.Fprintln(w, "no stream yet: nothing was published to it")
+			continue
+		}
+		fmt.Fprintln(w)
+		printInspect(w, s, stamp)
+	}
+}
+
 func dash(s string) string {
 	if s == "" {
 		return "-"
@@ -242,6 +281,24 @@ type consumerView struct {
 	Pending     int64  `json:"pending"`
 	IdleMS      int64  `json:"idle_ms"`
 	CommittedID string `json:"committed_id,omitempty"`
+}
+
+// inspectTopicView is inspect's JSON for a topic: Streams[p] is partition
+// p's stream, nil when it does not exist yet.
+type inspectTopicView struct {
+	Topic   string         `json:"topic"`
+	Streams []*inspectView `json:"streams"`
+}
+
+func inspectTopicJSON(info *streamtx.TopicInfo) inspectTopicView {
+	v := inspectTopicView{Topic: info.Name, Streams: make([]*inspectView, len(info.Inspected))}
+	for p, s := range info.Inspected {
+		if s != nil {
+			sv := inspectJSON(s)
+			v.Streams[p] = &sv
+		}
+	}
+	return v
 }
 
 func inspectJSON(info *streamtx.StreamInfo) inspectView {

@@ -1,6 +1,7 @@
 // Command streamtx operates streams consumed with streamtx: it inspects a
 // stream and its groups, lists pending entries, lists, replays and purges
-// dead letters, trims a stream safely, and prints committed state.
+// dead letters, trims a stream safely, prints committed state, and creates
+// and describes partitioned topics.
 //
 // Install it with
 //
@@ -19,7 +20,12 @@
 //	trim STREAM --safe [--keep-min-age D] [--dry-run]
 //	trim STREAM --force (--maxlen N | --minid ID) [--dry-run]
 //	state get STREAM GROUP NAME [KEY]
+//	topic create TOPIC --partitions N [--colocate NAME]
+//	topic describe TOPIC [--group GROUP] [--json]
 //	console [--listen ADDR] [--read-only] [--streams S1,S2] [--match PATTERN]
+//
+// inspect and trim --safe accept a topic's name for STREAM (when no stream
+// has that name): they work on each of its partition streams.
 //
 // Flags may come before or after the arguments. --redis (default: the
 // REDIS_URL environment variable, else redis://127.0.0.1:6379) takes a URL
@@ -46,8 +52,9 @@
 //
 //	0  success
 //	1  failure: a Redis error, or what was asked for does not exist (a
-//	   stream, a dead letter, a state record), or a safe trim is refused
-//	   (a stream without groups)
+//	   stream, a dead letter, a state record, a topic), or a safe trim is
+//	   refused (a stream without groups), or a topic exists with another
+//	   partition count
 //	2  usage error: unknown command or flag, missing or extra arguments
 package main
 
@@ -91,6 +98,11 @@ Commands:
       an explicit, unsafe trim
   state get STREAM GROUP NAME [KEY]
       committed state (KEY for Keyed state) as JSON, with version and last ID
+  topic create TOPIC --partitions N [--colocate NAME]
+      create a partitioned topic (idempotent); prints its partition streams
+  topic describe TOPIC [--group GROUP] [--json]
+      partitions, their owner per group (lease epoch, time left), lag,
+      pending entries, and the group's members
   console [--listen 127.0.0.1:8080] [--read-only] [--streams S1,S2] [FLAGS]
       the web console: lag, pending entries, dead letters (replay, purge), state
   help [COMMAND]
@@ -110,12 +122,15 @@ Global flags (also accepted after the command):
   --tls-key FILE    and its key, for mutual TLS; default $REDIS_TLS_CERT
                     and $REDIS_TLS_KEY
 
+inspect and trim --safe accept a topic for STREAM: they work on each
+partition stream.
+
 Durations are Go durations: 500ms, 30s, 5m, 1h30m.
 
 Exit status:
   0  success
-  1  failure: a Redis error; a stream, dead letter or state record not found;
-     a safe trim refused
+  1  failure: a Redis error; a stream, dead letter, state record or topic
+     not found; a safe trim refused; a topic exists with other partitions
   2  usage error
 `
 
@@ -179,6 +194,7 @@ var commands = []command{
 	{"dlq", "dlq (list|show|replay|purge) STREAM GROUP [IDs...] [FLAGS]", runDLQ},
 	{"trim", "trim STREAM (--safe [--keep-min-age D] | --force (--maxlen N | --minid ID)) [--dry-run]", runTrim},
 	{"state", "state get STREAM GROUP NAME [KEY]", runState},
+	{"topic", "topic (create|describe) TOPIC [FLAGS]", runTopic},
 	{"console", "console [--listen ADDR] [--read-only] [FLAGS]", runConsole},
 }
 

@@ -5,6 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -23,6 +27,11 @@ from "0" would find its entries gone (exit status 1).
 With --force, trims exactly to --maxlen N entries or below --minid ID,
 whatever the groups still need: it warns about the groups that lose
 entries they have not acknowledged.
+
+Given a topic (and no stream of that name), --safe trims each partition
+stream in turn, each to its own safe point, and prints one line per
+partition; a partition without groups is not trimmed (exit status 1, after
+the other partitions are trimmed). --force takes one stream, not a topic.
 
 --dry-run reports what would be removed, removing nothing.
 `
@@ -66,7 +75,12 @@ func runTrim(ctx context.Context, c *cli, args []string) error {
 		return c.forceTrim(ctx, rdb, stream, set["maxlen"], *maxlen, *minid, *dry)
 	}
 
-	res, err := streamtx.TrimSafe(ctx, rdb, stream, streamtx.TrimOptions{KeepMinAge: *keep, DryRun: *dry})
+	opts := streamtx.TrimOptions{KeepMinAge: *keep, DryRun: *dry}
+	res, err := streamtx.TrimSafe(ctx, rdb, stream, opts)
+	t, err := topicOf(ctx, rdb, stream, err)
+	if t != nil {
+		return c.trimTopic(ctx, rdb, stream, t, opts)
+	}
 	if errors.Is(err, streamtx.ErrNoGroups) {
 		fmt.Fprintf(c.stderr, "streamtx: %q has no consumer groups, so no position says which entries are no longer needed\n"+
 			"(a group created later from \"0\" would find them gone). Nothing was trimmed.\n"+
@@ -76,27 +90,81 @@ func runTrim(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	printTrim(c.stdout, res, *keep, "")
+	return nil
+}
+
+// printTrim prints what a safe trim did: a line saying what it removed, and
+// a line, starting with indent, saying what held it back.
+func printTrim(w io.Writer, res streamtx.TrimResult, keep time.Duration, indent string) {
 	verb := "trimmed"
 	if res.DryRun {
 		verb = "dry run: would trim"
 	}
-	fmt.Fprintf(c.stdout, "%s %s below %s\n", verb, entries(res.Removed), res.Point)
+	fmt.Fprintf(w, "%s %s below %s\n", verb, entries(res.Removed), res.Point)
 	held := fmt.Sprintf("group %q, which has not read the entries from %s on", res.HeldBy, res.SafePoint)
 	if res.HeldByPending {
 		held = fmt.Sprintf("group %q, whose oldest pending entry is %s", res.HeldBy, res.SafePoint)
 	}
 	if res.LimitedByAge {
-		fmt.Fprintf(c.stdout, "held back by --keep-min-age %s (the safe point is %s, held back by %s)\n", *keep, res.SafePoint, held)
+		fmt.Fprintf(w, "%sheld back by --keep-min-age %s (the safe point is %s, held back by %s)\n", indent, keep, res.SafePoint, held)
 	} else {
-		fmt.Fprintf(c.stdout, "held back by %s\n", held)
+		fmt.Fprintf(w, "%sheld back by %s\n", indent, held)
+	}
+}
+
+// trimTopic trims each partition stream of topic t (called name) safely,
+// printing a line per partition. Partitions without groups are not trimmed:
+// it says so, and fails once the others are trimmed.
+func (c *cli) trimTopic(ctx context.Context, rdb redis.UniversalClient, name string, t *streamtx.Topic, opts streamtx.TrimOptions) error {
+	var refused []int
+	for p := range t.Partitions() {
+		stream := t.Stream(p)
+		fmt.Fprintf(c.stdout, "partition %d (%s): ", p, stream)
+		res, err := streamtx.TrimSafe(ctx, rdb, stream, opts)
+		switch {
+		case errors.Is(err, streamtx.ErrStreamNotFound):
+			fmt.Fprintln(c.stdout, "no stream yet: nothing to trim")
+		case errors.Is(err, streamtx.ErrNoGroups):
+			fmt.Fprintln(c.stdout, "no consumer groups: nothing trimmed")
+			refused = append(refused, p)
+		case err != nil:
+			fmt.Fprintln(c.stdout, "failed")
+			return err
+		default:
+			printTrim(c.stdout, res, opts.KeepMinAge, "  ")
+		}
+	}
+	if len(refused) > 0 {
+		which := fmt.Sprintf("partition %d of topic %q has", refused[0], name)
+		if len(refused) > 1 {
+			which = fmt.Sprintf("partitions %s of topic %q have", joinInts(refused), name)
+		}
+		fmt.Fprintf(c.stderr, "streamtx: %s no consumer groups, so no position says which entries are no longer needed\n"+
+			"(a group created later from \"0\" would find them gone). Nothing was trimmed there.\n"+
+			"To trim anyway: streamtx trim %s --force --maxlen N (or --minid ID)\n", which, t.Stream(refused[0]))
+		return errReported
 	}
 	return nil
+}
+
+func joinInts(ns []int) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ", ")
 }
 
 // forceTrim trims stream to maxlen entries (byLen) or below minid, warning
 // about groups that lose entries they have not acknowledged.
 func (c *cli) forceTrim(ctx context.Context, rdb redis.UniversalClient, stream string, byLen bool, maxlen int64, minid string, dry bool) error {
 	info, err := streamtx.Inspect(ctx, rdb, stream)
+	t, err := topicOf(ctx, rdb, stream, err)
+	if t != nil {
+		return fmt.Errorf("%q is a topic of %s: trim --force trims one stream: give a partition stream "+
+			"(streamtx topic describe %s lists them), or trim the topic with --safe", stream, partitionsOf(t.Partitions()), stream)
+	}
 	if err != nil {
 		return err
 	}
