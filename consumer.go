@@ -619,11 +619,6 @@ func (c *Consumer) newRunner() *runner {
 		idleCursor: "0-0",
 		keyOf:      make(map[string]string),
 	}
-	if c.ordered {
-		// A partition's pending entries are all this consumer's: nothing
-		// to claim from others.
-		r.nextClaim = time.Unix(1<<40, 0)
-	}
 	return r
 }
 

@@ -106,6 +106,15 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		r.states.Rollback(stale)
 		r.report(Event{Kind: EventConflict, IDs: ids, Err: ErrVersionConflict})
 		j.end(SettleConflict, len(ids), ErrVersionConflict)
+		if r.ordered {
+			// No one else writes a partition's state while its lease is
+			// held: Redis lost commits (a failover or restore). Their
+			// entries are pending again: take every pending entry back in
+			// stream order before anything else.
+			r.states.Discard()
+			r.recoverOwn, r.ownCursor = true, "0"
+			return nil, false
+		}
 		return remaining(items, nil), false
 	default: // rdb.CodeWrongType
 		r.states.Rollback(nil)
