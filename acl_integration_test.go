@@ -91,6 +91,20 @@ func TestACLCoreExactlyOnce(t *testing.T) {
 	stop()
 }
 
+// Consumers of a topic under the consumer role: membership, leases, the
+// fenced reads and commits, hand-overs, with no ACL denial.
+func TestACLTopicConsumers(t *testing.T) {
+	t.Parallel()
+	srv := redistest.StartServer(t)
+	e := privateEnv(t, srv, true)
+	o := newOrderRun(t, e, 4, 10, 400)
+	o.client = e.as(srv, redistest.RoleConsumer)
+	h := o.handler(t, 7)
+	run(t, o.consumer(t, "a", h, nil))
+	run(t, o.consumer(t, "b", h, nil))
+	o.check(t)
+}
+
 // Dead letters: written by a consumer user, listed and replayed by a CLI
 // user, then handled once.
 func TestACLDeadLetterReplay(t *testing.T) {

@@ -29,6 +29,7 @@ type seqState struct {
 // per-key sequence number, checked for order and exactly-once.
 type orderRun struct {
 	e          *env
+	client     redis.UniversalClient // the consumers' (e.rdb by default)
 	topic      *streamtx.Topic
 	group      string
 	out        string
@@ -41,7 +42,7 @@ func newOrderRun(t *testing.T, e *env, partitions, keys, n int) *orderRun {
 	t.Helper()
 	top, err := streamtx.CreateTopic(context.Background(), e.rdb, e.key("orders"), streamtx.TopicConfig{Partitions: partitions})
 	require.NoError(t, err)
-	o := &orderRun{e: e, topic: top, group: "g", out: e.key("out"), keys: keys, n: n}
+	o := &orderRun{e: e, client: e.rdb, topic: top, group: "g", out: e.key("out"), keys: keys, n: n}
 	p, err := streamtx.NewProducer(e.rdb, streamtx.ProducerConfig{})
 	require.NoError(t, err)
 	for i := range n {
@@ -90,7 +91,7 @@ func (o *orderRun) consumer(t *testing.T, name string, h streamtx.Handler, tune 
 	if tune != nil {
 		tune(&cfg)
 	}
-	c, err := streamtx.NewConsumer(o.e.rdb, cfg, h)
+	c, err := streamtx.NewConsumer(o.client, cfg, h)
 	require.NoError(t, err)
 	return c
 }

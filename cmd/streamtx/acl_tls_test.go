@@ -26,6 +26,9 @@ var cliTests = []struct {
 	{"State", TestStateCommand},
 	{"RedisErrors", TestRunReportsRedisErrors},
 	{"Binary", TestBinary},
+	{"TopicCreate", TestTopicCreateCommand},
+	{"TopicDescribe", TestTopicDescribeCommand},
+	{"TopicInspectTrim", TestInspectAndTrimOnTopic},
 }
 
 // runCLITests runs cliTests as subtests of t, with fixtures from mk, and

@@ -63,6 +63,9 @@ var aclCommands = map[Role][]string{
 		"+xrevrange", "+time", "+xinfo|groups", "+xtrim",
 		// The per-entry suspect counter.
 		"+incr", "+pexpire", "+del",
+		// Topics: members.lua and lease.lua (TIME, sorted set, hash), the
+		// fence (HMGET), and XREAD to wait for new entries.
+		"+zadd", "+zrem", "+zrange", "+zremrangebyscore", "+hmget", "+hincrby", "+xread",
 	},
 	RoleProducer: {
 		// produce.lua: dedupe record (GET, SET … PX), TYPE, XADD.
@@ -89,6 +92,9 @@ var aclCommands = map[Role][]string{
 		"+xrevrange",
 		// state get.
 		"+get",
+		// topic create (SET NX GET of the metadata record), topic describe
+		// and inspect of a topic (the members' sorted set).
+		"+set", "+zrange",
 	},
 }
 
