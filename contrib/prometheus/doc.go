@@ -36,38 +36,55 @@
 //
 //	streamtx_handler_duration_seconds    histogram of handler calls, failed and panicking ones included
 //
+// # Topics
+//
+// A consumer of a partitioned topic (Config.Topic) reports the events of
+// each partition it owns with the partition's stream. The counters above
+// label them with the topic's name as stream, all partitions together, so a
+// topic adds no series per partition; pass the topic's name to
+// InstrumentHandler. Its partitions get metrics of their own:
+//
+//	streamtx_partition_assigned            1 while the consumer owns the partition; labels topic, group, consumer, partition
+//	streamtx_partition_assignments_total   partitions acquired; labels topic, group (and consumer)
+//	streamtx_partition_revocations_total   partitions given up; labels topic, group (and consumer), reason
+//
+// The series of streamtx_partition_assigned goes when the partition is
+// revoked, so the series of a group are the partitions owned, each once
+// (twice for a moment when an owner lost its lease without noticing yet).
+// A revocation's reason is handover (released to another member after the
+// entries in hand were settled), lease_lost (the consumer paused or was cut
+// off past LeaseTTL, and another member took the partition) or other.
+// Partitions nobody owns show as per-partition lag without an owner:
+//
+//	streamtx_partition_lag unless on (topic, group, partition) streamtx_partition_assigned
+//
 // # Group metrics
 //
 // Lag, pending entries and the age of the oldest pending entry are read from
 // Redis when Prometheus scrapes, by a [GroupStatsCollector] that calls a
-// function of yours. With streamtx.Inspect:
+// [StatsFunc]. [InspectStats] returns one that reads streams and the
+// partitions of topics with streamtx.Inspect:
 //
-//	stats := func(ctx context.Context) ([]stxprom.GroupStats, error) {
-//		var out []stxprom.GroupStats
-//		for _, stream := range []string{"orders", "payments"} {
-//			info, err := streamtx.Inspect(ctx, rdb, stream)
-//			if err != nil {
-//				return nil, err
-//			}
-//			for _, g := range info.Groups {
-//				s := stxprom.GroupStats{Stream: stream, Group: g.Name, Lag: g.Lag, Pending: g.Pending}
-//				if g.OldestPending != nil {
-//					s.OldestPendingAge = g.OldestPending.Age
-//				}
-//				out = append(out, s)
-//			}
-//		}
-//		return out, nil
-//	}
+//	stats := stxprom.InspectStats(rdb, stxprom.Sources{
+//		Streams: []string{"payments"},
+//		Topics:  []string{"orders"},
+//	})
 //	prometheus.MustRegister(stxprom.NewGroupStatsCollector(stats, stxprom.GroupStatsOptions{}))
 //
-// It exports, with the labels stream and group:
+// It exports, with the labels stream and group for a stream, and topic,
+// group and partition for a topic's partitions:
 //
-//	streamtx_group_lag                          entries not yet delivered to the group
-//	streamtx_group_pending                      entries delivered and not acknowledged
-//	streamtx_group_oldest_pending_age_seconds   age of the oldest pending entry (0 when none)
-//	streamtx_group_stats_up                     1 when the last read succeeded, else 0 (and no group metrics)
-//	streamtx_group_stats_errors_total           reads that failed
+//	streamtx_group_lag                              entries not yet delivered to the group
+//	streamtx_group_pending                          entries delivered and not acknowledged
+//	streamtx_group_oldest_pending_age_seconds       age of the oldest pending entry (0 when none)
+//	streamtx_partition_lag                          the same, per partition of a topic
+//	streamtx_partition_pending
+//	streamtx_partition_oldest_pending_age_seconds
+//	streamtx_group_stats_up                         1 when the last read succeeded, else 0 (and no group or partition metrics)
+//	streamtx_group_stats_errors_total               reads that failed
+//
+// A StatsFunc of your own can report other figures, or streams found at run
+// time; a GroupStats with Topic set is exported per partition.
 //
 // The command in example/ runs a consumer and serves its metrics.
 package prometheus

@@ -3,6 +3,8 @@ package prometheus_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/streamtx/streamtx"
 	stxprom "github.com/streamtx/streamtx/contrib/prometheus"
+	"github.com/streamtx/streamtx/internal/redistest"
 	"github.com/streamtx/streamtx/txn"
 )
 
@@ -192,6 +195,68 @@ func TestMetricsWithConsumer(t *testing.T) {
 	assert.Equal(t, uint64(4), hd.GetSampleCount())
 }
 
+// TestMetricsWithTopicConsumer runs consumers of a topic on Redis with
+// Metrics as their Observer: the assignment gauge follows the partitions as
+// they move, and the entries committed are counted under the topic's name.
+func TestMetricsWithTopicConsumer(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	pre := redistest.Prefix(t, rdb)
+	ctx := context.Background()
+	name := pre + "orders"
+	_, err := streamtx.CreateTopic(ctx, rdb, name, streamtx.TopicConfig{Partitions: 2})
+	require.NoError(t, err)
+	p, err := streamtx.NewProducer(rdb, streamtx.ProducerConfig{})
+	require.NoError(t, err)
+	const n = 20
+	for i := range n {
+		_, err := p.PublishKeyed(ctx, name, "key-"+strconv.Itoa(i), map[string]any{"i": i})
+		require.NoError(t, err)
+	}
+
+	m := stxprom.NewMetrics(stxprom.Options{})
+	h := streamtx.HandlerFunc(func(context.Context, *streamtx.Message, *txn.Tx) error { return nil })
+	start := func(consumer string) (stop func() error) {
+		c, err := streamtx.NewConsumer(rdb, streamtx.Config{
+			Topic: name, Group: "billing", Consumer: consumer, Observer: m,
+			Block: 10 * time.Millisecond, LeaseTTL: 600 * time.Millisecond, Heartbeat: 100 * time.Millisecond,
+		}, m.InstrumentHandler(h, name, "billing"))
+		require.NoError(t, err)
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- c.Run(runCtx) }()
+		t.Cleanup(cancel)
+		return func() error { cancel(); return <-done }
+	}
+	owned := func(consumer string) int {
+		return len(series(t, m, "streamtx_partition_assigned", map[string]string{"topic": name, "group": "billing", "consumer": consumer}))
+	}
+
+	stop1 := start("c1")
+	waitFor(t, 10*time.Second, "c1 commits every entry and owns both partitions", func() bool {
+		return counter(t, m, "streamtx_entries_committed_total", nil) == n && owned("c1") == 2
+	})
+	assert.Equal(t, float64(n), counter(t, m, "streamtx_entries_committed_total", map[string]string{"stream": name, "group": "billing"}))
+	assert.Equal(t, 1, testutil.CollectAndCount(m, "streamtx_entries_committed_total"), "one series for the topic, not one per partition")
+	for _, part := range []string{"0", "1"} {
+		labels := map[string]string{"topic": name, "group": "billing", "consumer": "c1", "partition": part}
+		assert.Equal(t, 1.0, gauge(t, m, "streamtx_partition_assigned", labels))
+	}
+
+	stop2 := start("c2")
+	waitFor(t, 10*time.Second, "c1 hands a partition over to c2", func() bool {
+		return owned("c1") == 1 && owned("c2") == 1
+	})
+	assert.GreaterOrEqual(t, counter(t, m, "streamtx_partition_revocations_total", map[string]string{"reason": "handover"}), 1.0)
+
+	require.NoError(t, stop1())
+	require.NoError(t, stop2())
+	assert.Zero(t, testutil.CollectAndCount(m, "streamtx_partition_assigned"), "the consumers stopped: nothing owned")
+	assert.Equal(t, counter(t, m, "streamtx_partition_assignments_total", nil), counter(t, m, "streamtx_partition_revocations_total", nil),
+		"every assignment revoked")
+	assert.Zero(t, counter(t, m, "streamtx_partition_revocations_total", map[string]string{"reason": "lease_lost"}))
+}
+
 // series gathers c and returns the series of name whose labels include
 // labels.
 func series(t *testing.T, c prometheus.Collector, name string, labels map[string]string) []*dto.Metric {
@@ -279,4 +344,117 @@ func TestInstrumentHandlerTwiceKeepsTheHandlerVisible(t *testing.T) {
 		require.ErrorIs(t, err, streamtx.ErrConfig)
 		require.ErrorContains(t, err, "secret")
 	}
+}
+
+// partitionEvent is an event of partition p of the topic "orders" in the
+// group "billing", as a consumer of the topic reports it.
+func partitionEvent(k streamtx.EventKind, consumer string, p int, err error, ids ...string) streamtx.Event {
+	return streamtx.Event{
+		Kind: k, Stream: fmt.Sprintf("orders:{orders.p%d}", p), Group: "billing", Consumer: consumer,
+		Partition: p, Err: err, IDs: ids,
+	}
+}
+
+const wantPartitions = `
+# HELP streamtx_entries_committed_total Entries committed: their state changes, publishes and acknowledgement applied together.
+# TYPE streamtx_entries_committed_total counter
+streamtx_entries_committed_total{group="billing",stream="orders"} 4
+streamtx_entries_committed_total{group="billing",stream="payments"} 1
+# HELP streamtx_fenced_total Entries whose commit or dead-lettering was refused because the consumer no longer owned them.
+# TYPE streamtx_fenced_total counter
+streamtx_fenced_total{group="billing",stream="orders"} 1
+# HELP streamtx_partition_assigned 1 while the consumer owns the topic partition (more while several of its running instances do); the series goes when it stops owning it.
+# TYPE streamtx_partition_assigned gauge
+streamtx_partition_assigned{consumer="c1",group="billing",partition="0",topic="orders"} 1
+streamtx_partition_assigned{consumer="c2",group="billing",partition="1",topic="orders"} 1
+streamtx_partition_assigned{consumer="c2",group="billing",partition="3",topic="payments"} 1
+# HELP streamtx_partition_assignments_total Topic partitions a consumer acquired.
+# TYPE streamtx_partition_assignments_total counter
+streamtx_partition_assignments_total{group="billing",topic="orders"} 4
+streamtx_partition_assignments_total{group="billing",topic="payments"} 1
+# HELP streamtx_partition_revocations_total Topic partitions a consumer stopped consuming, by reason: handover (released to another member), lease_lost (lost without handing it over), other.
+# TYPE streamtx_partition_revocations_total counter
+streamtx_partition_revocations_total{group="billing",reason="handover",topic="orders"} 1
+streamtx_partition_revocations_total{group="billing",reason="lease_lost",topic="orders"} 1
+streamtx_partition_revocations_total{group="billing",reason="other",topic="orders"} 1
+`
+
+// TestMetricsPartitionEvents feeds the events of a topic's consumers to
+// Metrics: the assignment gauge follows EventAssigned and EventRevoked, the
+// revocations are counted by reason, and the event counters label the
+// partitions' events with the topic's name, all partitions together.
+func TestMetricsPartitionEvents(t *testing.T) {
+	t.Parallel()
+	m := stxprom.NewMetrics(stxprom.Options{})
+	lost := fmt.Errorf("streamtx: partition 2: %w", streamtx.ErrLeaseLost)
+	colocated := streamtx.Event{ // partition 3 of "payments", co-located with "orders"
+		Kind: streamtx.EventAssigned, Stream: "payments:{orders.p3}", Group: "billing", Consumer: "c2", Partition: 3,
+	}
+	for _, e := range []streamtx.Event{
+		partitionEvent(streamtx.EventAssigned, "c1", 0, nil),
+		partitionEvent(streamtx.EventAssigned, "c1", 1, nil),
+		partitionEvent(streamtx.EventAssigned, "c2", 2, nil),
+		partitionEvent(streamtx.EventCommit, "c1", 0, nil, "1-0", "2-0"),
+		partitionEvent(streamtx.EventCommit, "c1", 1, nil, "1-0"),
+		partitionEvent(streamtx.EventCommit, "c2", 2, nil, "3-0"),
+		partitionEvent(streamtx.EventFenced, "c2", 2, lost, "4-0"),
+		partitionEvent(streamtx.EventRevoked, "c1", 1, nil), // handed over to c2
+		partitionEvent(streamtx.EventAssigned, "c2", 1, nil),
+		partitionEvent(streamtx.EventRevoked, "c2", 2, lost),
+		partitionEvent(streamtx.EventRevoked, "c3", 5, errors.New("something else")), // never seen assigned
+		colocated,
+		{Kind: streamtx.EventCommit, Stream: colocated.Stream, Group: "billing", Consumer: "c2", Partition: 3, IDs: []string{"9-0"}},
+		// Without a partition, an assignment says nothing: ignored.
+		{Kind: streamtx.EventAssigned, Group: "billing", Consumer: "c4", Partition: -1},
+		{Kind: streamtx.EventRevoked, Group: "billing", Consumer: "c1", Partition: -1},
+	} {
+		m.Observe(e)
+	}
+	require.NoError(t, testutil.CollectAndCompare(m, strings.NewReader(wantPartitions),
+		"streamtx_entries_committed_total", "streamtx_fenced_total", "streamtx_partition_assigned",
+		"streamtx_partition_assignments_total", "streamtx_partition_revocations_total"))
+	h := histogram(t, m, "streamtx_commit_duration_seconds", map[string]string{"stream": "orders", "group": "billing"})
+	assert.Equal(t, uint64(3), h.GetSampleCount(), "one commit histogram for the topic's partitions")
+
+	problems, err := testutil.CollectAndLint(m)
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+
+	// Every partition revoked: no assignment series is left.
+	for _, e := range []streamtx.Event{
+		partitionEvent(streamtx.EventRevoked, "c1", 0, nil),
+		partitionEvent(streamtx.EventRevoked, "c2", 1, nil),
+		{Kind: streamtx.EventRevoked, Stream: colocated.Stream, Group: "billing", Consumer: "c2", Partition: 3},
+	} {
+		m.Observe(e)
+	}
+	assert.Zero(t, testutil.CollectAndCount(m, "streamtx_partition_assigned"))
+	assert.Equal(t, 6.0, counter(t, m, "streamtx_partition_revocations_total", nil))
+}
+
+// Two running instances of one consumer may own a partition at once, for a
+// moment (one lost its lease and has not noticed yet): the first to let go
+// does not remove the series.
+func TestMetricsPartitionOwnedTwice(t *testing.T) {
+	t.Parallel()
+	m := stxprom.NewMetrics(stxprom.Options{ConsumerLabel: true})
+	labels := map[string]string{"topic": "orders", "group": "billing", "consumer": "c1", "partition": "4"}
+	assigned := func() []*dto.Metric { return series(t, m, "streamtx_partition_assigned", labels) }
+
+	m.Observe(partitionEvent(streamtx.EventAssigned, "c1", 4, nil))
+	m.Observe(partitionEvent(streamtx.EventAssigned, "c1", 4, nil))
+	require.Len(t, assigned(), 1)
+	assert.Equal(t, 2.0, assigned()[0].GetGauge().GetValue())
+
+	m.Observe(partitionEvent(streamtx.EventRevoked, "c1", 4, streamtx.ErrLeaseLost))
+	require.Len(t, assigned(), 1)
+	assert.Equal(t, 1.0, assigned()[0].GetGauge().GetValue())
+
+	m.Observe(partitionEvent(streamtx.EventRevoked, "c1", 4, nil))
+	assert.Empty(t, assigned())
+
+	// With ConsumerLabel, the partition counters have it too.
+	assert.Equal(t, 2.0, counter(t, m, "streamtx_partition_assignments_total", map[string]string{"consumer": "c1", "topic": "orders"}))
+	assert.Equal(t, 1.0, counter(t, m, "streamtx_partition_revocations_total", map[string]string{"consumer": "c1", "reason": "lease_lost"}))
+	assert.Equal(t, 1.0, counter(t, m, "streamtx_partition_revocations_total", map[string]string{"consumer": "c1", "reason": "handover"}))
 }

@@ -83,3 +83,44 @@ func TestGroupStatsCollectorInvalidUTF8(t *testing.T) {
 	}, stxprom.GroupStatsOptions{Namespace: "app", Timeout: time.Second})
 	assert.Equal(t, 1, testutil.CollectAndCount(c, "app_group_lag"))
 }
+
+// The stats of a topic's partitions are exported per partition, in their
+// own gauges, next to those of plain streams.
+func TestGroupStatsCollectorPartitions(t *testing.T) {
+	t.Parallel()
+	c := stxprom.NewGroupStatsCollector(func(context.Context) ([]stxprom.GroupStats, error) {
+		return []stxprom.GroupStats{
+			{Stream: "orders:{orders.p0}", Topic: "orders", Partition: 0, Group: "billing", Lag: 5, Pending: 2, OldestPendingAge: 3 * time.Second},
+			{Stream: "orders:{orders.p1}", Topic: "orders", Partition: 1, Group: "billing", Lag: 7},
+			{Stream: "orders:{orders.p1}", Topic: "orders", Partition: 1, Group: "billing", Lag: 99}, // a duplicate: ignored
+			{Stream: "orders:{orders.p1}", Topic: "orders", Partition: 1, Group: "audit"},
+			{Stream: "orders", Group: "billing", Lag: 1}, // a plain stream of the topic's name
+		}, nil
+	}, stxprom.GroupStatsOptions{})
+
+	const want = `
+# HELP streamtx_group_lag Entries of the stream not yet delivered to the group.
+# TYPE streamtx_group_lag gauge
+streamtx_group_lag{group="billing",stream="orders"} 1
+# HELP streamtx_partition_lag Entries of the topic partition's stream not yet delivered to the group.
+# TYPE streamtx_partition_lag gauge
+streamtx_partition_lag{group="audit",partition="1",topic="orders"} 0
+streamtx_partition_lag{group="billing",partition="0",topic="orders"} 5
+streamtx_partition_lag{group="billing",partition="1",topic="orders"} 7
+# HELP streamtx_partition_oldest_pending_age_seconds Age of the group's oldest pending entry of the topic partition; 0 when nothing is pending.
+# TYPE streamtx_partition_oldest_pending_age_seconds gauge
+streamtx_partition_oldest_pending_age_seconds{group="audit",partition="1",topic="orders"} 0
+streamtx_partition_oldest_pending_age_seconds{group="billing",partition="0",topic="orders"} 3
+streamtx_partition_oldest_pending_age_seconds{group="billing",partition="1",topic="orders"} 0
+# HELP streamtx_partition_pending Entries of the topic partition delivered to the group and not acknowledged.
+# TYPE streamtx_partition_pending gauge
+streamtx_partition_pending{group="audit",partition="1",topic="orders"} 0
+streamtx_partition_pending{group="billing",partition="0",topic="orders"} 2
+streamtx_partition_pending{group="billing",partition="1",topic="orders"} 0
+`
+	require.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want),
+		"streamtx_group_lag", "streamtx_partition_lag", "streamtx_partition_pending", "streamtx_partition_oldest_pending_age_seconds"))
+	problems, err := testutil.CollectAndLint(c)
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+}

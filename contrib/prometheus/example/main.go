@@ -67,7 +67,7 @@ func run(addr string, runFor time.Duration) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := stxprom.NewMetrics(stxprom.Options{})
 	reg.MustRegister(m)
-	reg.MustRegister(stxprom.NewGroupStatsCollector(groupStats(rdb, stream), stxprom.GroupStatsOptions{}))
+	reg.MustRegister(stxprom.NewGroupStatsCollector(stxprom.InspectStats(rdb, stxprom.Sources{Streams: []string{stream}}), stxprom.GroupStatsOptions{}))
 
 	handler := streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
 		if _, err := strconv.Atoi(msg.Values["amount"]); err != nil {
@@ -135,29 +135,6 @@ func produce(ctx context.Context, p *streamtx.Producer, stream string) error {
 		if _, err := p.Publish(ctx, stream, map[string]any{"order": key, "amount": amount}, streamtx.WithIdempotencyKey(key)); err != nil && ctx.Err() == nil {
 			return err
 		}
-	}
-}
-
-// groupStats reads the lag and pending entries of the stream's groups with
-// streamtx.Inspect. A stream not created yet has no groups to report.
-func groupStats(rdb redis.UniversalClient, stream string) stxprom.StatsFunc {
-	return func(ctx context.Context) ([]stxprom.GroupStats, error) {
-		info, err := streamtx.Inspect(ctx, rdb, stream)
-		if errors.Is(err, streamtx.ErrStreamNotFound) {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		out := make([]stxprom.GroupStats, 0, len(info.Groups))
-		for _, g := range info.Groups {
-			s := stxprom.GroupStats{Stream: stream, Group: g.Name, Lag: g.Lag, Pending: g.Pending}
-			if g.OldestPending != nil {
-				s.OldestPendingAge = g.OldestPending.Age
-			}
-			out = append(out, s)
-		}
-		return out, nil
 	}
 }
 
