@@ -90,6 +90,20 @@
 // lanes with Config.Parallelism) → commit (one script) → settle (acknowledged,
 // handled again, retried, or dead-lettered). Files are named after them.
 //
+// # Partitioned topics
+//
+// A topic (CreateTopic) is P partition streams and a partitioner: every
+// entry of one key goes to one partition (Producer.PublishKeyed,
+// Tx.PublishKeyed). A Consumer with Config.Topic joins its group's
+// membership and consumes the partitions it is assigned — balanced, sticky,
+// handed over cooperatively — each under a lease whose epoch every script
+// of the partition checks, so an owner that lost its lease writes nothing
+// (order.go, topicrun.go). Within a partition, an entry is applied only
+// once every earlier entry of its key is committed or dead-lettered: a
+// failing entry holds back the later entries of its key, not the others.
+// Stateful on a topic is one value per partition; Keyed(name, nil, fn) keys
+// state by the entry's key. See the README's "Partitioned topics".
+//
 // # Exactly once, and its limits
 //
 // Effects inside Redis — state, publishes, acknowledgement — happen exactly

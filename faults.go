@@ -59,6 +59,10 @@ func (c *Consumer) Health() error {
 	if u := c.health.Load(); u != nil {
 		return fmt.Errorf("streamtx: unhealthy since %s: %w", u.since.Format(time.RFC3339), u.err)
 	}
+	if m := c.members.Load(); m != nil {
+		// A consumer of a topic is as healthy as its partition consumers.
+		return m.health()
+	}
 	return nil
 }
 

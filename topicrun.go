@@ -156,6 +156,18 @@ func (m *member) run(ctx context.Context) error {
 	return fatal
 }
 
+// health returns the first partition consumer's failure, if any.
+func (m *member) health() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for p, o := range m.parts {
+		if u := o.child.health.Load(); u != nil {
+			return fmt.Errorf("streamtx: partition %d unhealthy since %s: %w", p, u.since.Format(time.RFC3339), u.err)
+		}
+	}
+	return nil
+}
+
 func (m *member) count() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
