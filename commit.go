@@ -75,6 +75,10 @@ func (c *Consumer) startCommit(ctx context.Context, items []item, async bool) *c
 		},
 		done: make(chan struct{}),
 	}
+	if c.fence != nil {
+		rec := c.record
+		j.cm.Record = &rec
+	}
 	j.endSpan = c.startSettleSpan(ctx, items)
 	j.cm.IDs = make([]string, 0, len(items))
 	j.cm.Deliveries = make([]int64, 0, len(items))

@@ -328,6 +328,8 @@ type Consumer struct {
 	name      string                 // the consumer's name in events and logs (Config.Consumer)
 	partition int                    // the partition this consumer consumes, or -1
 	fence     *rdb.Fence             // the lease a partition consumer holds, or nil
+	record    rdb.Record             // a partition consumer's commit record, as of its last commit
+	topic     string                 // Config.Topic, also for the partition consumers
 	ordered   bool                   // keep the order of each key's entries (a partition consumer)
 	lost      func()                 // stops a partition consumer whose lease is gone
 	members   atomic.Pointer[member] // a topic consumer's Run
@@ -379,7 +381,7 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 	if cfg.Topic != "" {
 		return &Consumer{
 			rdb: client, cfg: cfg, h: Wrap(h, cfg.Middleware...), meta: meta, orig: h,
-			name: cfg.Consumer, partition: -1,
+			name: cfg.Consumer, partition: -1, topic: cfg.Topic,
 			log:   cfg.Logger.With("topic", cfg.Topic, "group", cfg.Group, "consumer", cfg.Consumer),
 			ready: make(chan struct{}),
 			done:  make(chan struct{}),
@@ -667,7 +669,10 @@ func (c *Consumer) report(e Event) {
 	}
 	if c.cfg.Topic == "" { // (a topic consumer's own events name their partition)
 		e.Stream, e.Partition = c.cfg.Stream, c.partition
+	} else if e.Stream == "" {
+		e.Partition = -1
 	}
+	e.Topic = c.topic
 	e.Group, e.Consumer = c.cfg.Group, c.name
 	c.cfg.Observer.Observe(e)
 }

@@ -57,8 +57,11 @@ type Event struct {
 	Deliveries int64         // for EventRetry and EventDeadLetter
 	Err        error         // why, when it is a failure
 	Duration   time.Duration // for EventCommit: the commit round trip
+	// Topic is the topic of a consumer of a topic ("" for a stream).
+	Topic string
 	// Partition is the topic partition of the event (Stream is then the
-	// partition's stream), or -1 for a consumer of a plain stream.
+	// partition's stream), or -1 for a consumer of a plain stream and for
+	// a topic consumer's own events (heartbeats).
 	Partition int
 	Epoch     int64 // for EventAssigned: the lease epoch
 }

@@ -8,9 +8,15 @@ package streamtx
 // delivery. Other keys flow. Reading pauses while too many entries wait.
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/streamtx/streamtx/internal/rdb"
 )
@@ -164,4 +170,31 @@ func (h *keyHold) fail(key string, i int) {
 	if f, ok := h.failed[key]; !ok || i < f {
 		h.failed[key] = i
 	}
+}
+
+// loadRecord reads the partition's commit record (see rdb.Record): at the
+// start of a lease, and after Redis lost commits.
+func (c *Consumer) loadRecord(ctx context.Context) error {
+	v, err := c.rdb.Get(context.WithoutCancel(ctx), c.record.Key).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("streamtx: read commit record %q: %w", c.record.Key, err)
+	}
+	c.record.Old, c.record.Seq = v, 0
+	if n, _, ok := strings.Cut(v, " "); ok {
+		c.record.Seq, _ = strconv.ParseInt(n, 10, 64)
+	}
+	return nil
+}
+
+// committedRecord moves the commit record on past commit j.
+func (c *Consumer) committedRecord(j *commitJob) {
+	if j.cm.Record != nil {
+		c.record.Old, c.record.Seq = j.cm.Record.New, j.cm.Record.Seq+1
+	}
+}
+
+// isLost reports whether err is a commit refused by the partition's commit
+// record: Redis lost commits.
+func isLost(err error) bool {
+	return err != nil && redis.HasErrorPrefix(err, rdb.LostPrefix)
 }

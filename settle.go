@@ -34,6 +34,30 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 	for i, it := range items {
 		ids[i] = it.msg.ID
 	}
+	if isFenced(j.err) {
+		// Another instance holds the partition now: nothing was written.
+		r.fault(j.err, ids, 1)
+		r.states.Discard()
+		r.recoverOwn, r.ownCursor = true, "0"
+		j.end(SettleFenced, len(ids), ErrLeaseLost)
+		return nil, false
+	}
+	if isLost(j.err) {
+		// The partition's commit record is not the last one this owner
+		// wrote: Redis lost commits (a failover, a restore). What they
+		// acknowledged is pending again: take every pending entry back in
+		// stream order, on state loaded afresh.
+		r.states.Discard()
+		r.recoverOwn, r.ownCursor = true, "0"
+		err := fmt.Errorf("streamtx: partition %d lost commits: %w", r.partition, j.err)
+		if lerr := r.loadRecord(ctx); lerr != nil {
+			err = fmt.Errorf("%w (and reading its commit record again failed: %w)", err, lerr)
+		}
+		r.report(Event{Kind: EventError, IDs: ids, Err: err})
+		r.log.Error("streamtx: Redis lost commits of this partition; recovering its pending entries in order", "err", err)
+		j.end(SettleError, len(ids), err)
+		return nil, false
+	}
 	if refused(j.err) {
 		// Redis refused the script: nothing of it applied. Send it again,
 		// same entries, same delivery counts, until Redis takes it.
@@ -43,13 +67,6 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 				return rdb.RunCommit(ctx, r.rdb, r.scripts, &j.cm)
 			})
 		})
-	}
-	if isFenced(j.err) {
-		// Another instance holds the partition now: nothing was written.
-		r.states.Discard()
-		r.recoverOwn, r.ownCursor = true, "0"
-		j.end(SettleFenced, len(ids), ErrLeaseLost)
-		return nil, false
 	}
 	if j.err != nil {
 		// The outcome is unknown: forget the state, re-scan our pending
@@ -65,6 +82,7 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 	r.healthy()
 	switch j.res.Code {
 	case rdb.CodeOK:
+		r.committedRecord(j)
 		r.states.Committed(j.cm.States, j.cm.Token)
 		r.report(Event{Kind: EventCommit, IDs: ids, Duration: j.took})
 		j.end(SettleCommitted, len(ids), nil)
@@ -73,6 +91,7 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		if j.lost && len(j.res.Index) == len(items) && r.acknowledged(ctx, ids) {
 			// Refused as not owned after a lost reply, and every entry is
 			// acknowledged: the attempt whose reply was lost committed.
+			r.committedRecord(j)
 			r.states.Committed(j.cm.States, j.cm.Token)
 			r.report(Event{Kind: EventCommit, IDs: ids, Duration: time.Since(j.start)})
 			r.log.Info("streamtx: a commit's reply was lost; its retry found it applied", "entries", len(ids))

@@ -331,8 +331,12 @@ func (m *member) acquire(ctx context.Context, p int) error {
 		return nil // another live owner: next time
 	}
 	epoch, _ := a[1].(string)
-	child, err := m.partitionConsumer(p, epoch)
+	child, err := m.partitionConsumer(ctx, p, epoch)
 	if err != nil {
+		// Acquired, but cannot start: let the lease go.
+		if _, rerr := m.lease(ctx, "release", p, epoch); rerr != nil {
+			c.log.Warn("streamtx: cannot release a partition's lease; it expires", "partition", p, "err", rerr)
+		}
 		return err
 	}
 	cctx, cancel := context.WithCancel(ctx)
@@ -374,7 +378,7 @@ func (m *member) leave() {
 }
 
 // partitionConsumer returns the consumer of partition p under lease epoch.
-func (m *member) partitionConsumer(p int, epoch string) (*Consumer, error) {
+func (m *member) partitionConsumer(ctx context.Context, p int, epoch string) (*Consumer, error) {
 	c := m.c
 	cfg := c.cfg
 	cfg.Topic = ""
@@ -388,9 +392,14 @@ func (m *member) partitionConsumer(p int, epoch string) (*Consumer, error) {
 	child.meta = c.meta
 	child.name = c.cfg.Consumer
 	child.partition = p
+	child.topic = c.cfg.Topic
 	child.ordered = true
 	child.scripts = m.fenced
 	child.fence = &rdb.Fence{Key: m.leaseKeys[p], Owner: m.id, Epoch: epoch}
+	child.record.Key = child.space.Commits()
+	if err := child.loadRecord(ctx); err != nil {
+		return nil, err
+	}
 	return child, nil
 }
 

@@ -104,6 +104,10 @@ func Forwarded(target, outbox, id string) (string, error) {
 // dead-lettered" in the package streamtx docs).
 func (s Space) Suspect(id string) string { return s.base + "suspect:" + id }
 
+// Commits returns the commit record of the partition this space's stream
+// is, for this space's group: "<sequence> <token>" of its last commit.
+func (s Space) Commits() string { return s.base + "commits" }
+
 // Lease returns the lease record of the partition this space's stream is,
 // for this space's group (see lua/lease.lua).
 func (s Space) Lease() string { return s.base + "lease" }

@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 
 	"github.com/redis/go-redis/v9"
 
@@ -67,13 +68,56 @@ end
 // FencedPrefix starts the error reply of a script refused by its fence.
 const FencedPrefix = "STXFENCED"
 
+// recordWrapper runs commit.lua (as the function body) for a partition's
+// lease holder, checking the partition's commit record first: the string
+// "<sequence> <token>" of the last commit, which the holder knows. Another
+// value means Redis lost commits (a failover, a restore): the commit is
+// refused with LostPrefix. The value the commit would write means this is
+// the retry of a commit that applied (its reply was lost): the body runs
+// and refuses it as not owned. The record key and the old and new values
+// come off the ends of KEYS and ARGV (before the fence's, see Fence).
+const recordHead = `local rec_key = KEYS[#KEYS]; KEYS[#KEYS] = nil
+local rec_new = ARGV[#ARGV]; ARGV[#ARGV] = nil
+local rec_old = ARGV[#ARGV]; ARGV[#ARGV] = nil
+local rec_cur = redis.call('GET', rec_key) or ''
+if rec_cur ~= rec_old and rec_cur ~= rec_new then
+  return redis.error_reply('STXLOST commit record ' .. rec_key .. ' is "' .. rec_cur .. '", not "' .. rec_old .. '": Redis lost commits')
+end
+if redis.acl_check_cmd and not redis.acl_check_cmd('SET', rec_key, rec_new) then
+  return redis.error_reply('NOPERM streamtx commit: this user may not run SET on key ' .. rec_key .. '; nothing was written')
+end
+local function commit()
+`
+
+const recordTail = `
+end
+local reply = commit()
+if type(reply) == 'table' and reply[1] == 0 then
+  redis.call('SET', rec_key, rec_new)
+end
+return reply
+`
+
+// LostPrefix starts the error reply of a commit whose partition's commit
+// record is not the one its lease holder wrote last.
+const LostPrefix = "STXLOST"
+
+// Record is a partition's commit record, as its lease holder knows it.
+type Record struct {
+	Key string
+	// Old is the record's value after the last commit ("" before the
+	// first); New, filled by Build, what this commit writes.
+	Old, New string
+	Seq      int64 // the sequence number in Old
+}
+
 // Fenced returns a copy of s whose Commit, Claim, DeadLetter, KeepAlive and
 // Read scripts run behind FencePrologue: their callers append the lease key
 // to KEYS and the instance ID and epoch to ARGV (see Fence).
 func (s *Scripts) Fenced() *Scripts {
 	f := *s
 	f.fenced = true
-	f.commitSrc = FencePrologue + s.commitSrc
+	f.commitSrc = FencePrologue + recordHead + s.commitSrc + recordTail
 	f.Commit = redis.NewScript(f.commitSrc)
 	for _, p := range []**redis.Script{&f.Claim, &f.DeadLetter, &f.KeepAlive, &f.Read} {
 		*p = redis.NewScript(FencePrologue + s.src[*p])
@@ -153,8 +197,10 @@ type Commit struct {
 	// Token identifies this commit; it is written into every state record.
 	// Empty: Build draws a random one.
 	Token string
-	// Fence, when set, is appended for scripts run fenced (Scripts.Fenced).
-	Fence *Fence
+	// Fence, when set, is appended for scripts run fenced (Scripts.Fenced),
+	// and Record with it, for commit.lua.
+	Fence  *Fence
+	Record *Record
 	// Targets lists the distinct publish streams; PubTarget[i] is the index
 	// into Targets of Publishes[i]. Filled by Build.
 	Targets   []string
@@ -215,7 +261,10 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 	}
 	keys = append(keys, c.Targets...)
 	if c.Fence != nil {
-		keys = append(keys, c.Fence.Key)
+		if c.Record == nil {
+			return nil, nil, errors.New("rdb: fenced commit without a commit record")
+		}
+		keys = append(keys, c.Record.Key, c.Fence.Key)
 	}
 
 	if c.Token == "" {
@@ -297,7 +346,8 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 		}
 	}
 	if c.Fence != nil {
-		cmd = append(cmd, &c.Fence.Owner, &c.Fence.Epoch)
+		c.Record.New = strconv.FormatInt(c.Record.Seq+1, 10) + " " + c.Token
+		cmd = append(cmd, &c.Record.Old, &c.Record.New, &c.Fence.Owner, &c.Fence.Epoch)
 	}
 	c.cmd, c.keys = cmd, keys
 	return keys, cmd[head:], nil
