@@ -21,7 +21,8 @@
 -- then nc pairs        -> delivery count seen at delivery, run length: the
 --                         counts of the entries in order (runs add up to ne)
 -- then ns triples      -> the start of the record the handler read, "<version> <token> "
---                         ("" = absent), the index of its last byte, and the
+--                         ("" = absent, "-" = not checked: a partition's lease
+--                         holder, see internal/rdb.Record), the index of its last byte, and the
 --                         whole record to write (version + 1, this commit's token)
 -- then ng groups       -> run r, target index t (KEYS[2+ns+t]), field count n, then
 --                         r publishes of n field/value pairs each, all to that target
@@ -110,7 +111,9 @@ end
 local stateArg = a
 for i = 1, ns do
   local expect = ARGV[a]
-  if expect == '' then
+  if expect == '-' then
+    -- not checked
+  elseif expect == '' then
     -- absent: GETRANGE of an absent key is empty, of a record never
     if redis.call('GETRANGE', KEYS[2 + i], '0', '0') ~= '' then bad[#bad + 1] = i end
   elseif redis.call('GETRANGE', KEYS[2 + i], '0', ARGV[a + 1]) ~= expect then

@@ -312,6 +312,12 @@ func (c *Commit) Build() (keys []string, args []any, err error) {
 		if !record.ValidToken(w.Token) {
 			return nil, nil, fmt.Errorf("rdb: state %q read with token %q", w.Key, w.Token)
 		}
+		if c.Record != nil {
+			// A lease holder's records have no other writer, and its
+			// commit record catches what Redis lost: no version check.
+			prefixes[i], ends[i] = "-", 0
+			continue
+		}
 		prefixes[i] = record.Prefix(w.Version, w.Token)
 		ends[i] = int64(len(prefixes[i]) - 1)
 	}
