@@ -379,6 +379,9 @@ func NewConsumer(client redis.UniversalClient, cfg Config, h Handler) (*Consumer
 		return nil, err
 	}
 	if cfg.Topic != "" {
+		if _, cluster := client.(*redis.ClusterClient); cluster && cfg.DeadLetterStream != "" {
+			return nil, configErr("DeadLetterStream", "set for topic %q on a cluster: a partition's dead letters must be in its slot (leave it empty: each partition has its own)", cfg.Topic)
+		}
 		return &Consumer{
 			rdb: client, cfg: cfg, h: Wrap(h, cfg.Middleware...), meta: meta, orig: h,
 			name: cfg.Consumer, partition: -1, topic: cfg.Topic,
@@ -468,7 +471,9 @@ func (c *Consumer) Err() error {
 	}
 }
 
-// DeadLetterStream returns the stream that failed entries are moved to.
+// DeadLetterStream returns the stream that failed entries are moved to. For
+// a consumer of a topic it is Config.DeadLetterStream, or "" when each
+// partition has its own (Topic.DeadLetterStream).
 func (c *Consumer) DeadLetterStream() string { return c.dlq }
 
 func (c *Consumer) stateKey(name, key string, keyed bool) string {
