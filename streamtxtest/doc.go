@@ -44,9 +44,10 @@
 // stopped; a new consumer under the same name recovers the entry), LostReply
 // (the commit applies and its reply is replaced by a timeout), Conflict
 // (another writer commits the state records first, with the same values)
-// and Claim (another consumer claims the entry). They are made with a
-// wrapper around the handler and a go-redis hook on each consumer's client,
-// so each one runs the engine's own recovery. See Fault.
+// and Claim (another consumer claims the entry) — the last two on streams
+// only (see Topics). They are made with a wrapper around the handler and a
+// go-redis hook on each consumer's client, so each one runs the engine's own
+// recovery. See Fault.
 //
 // # Replay safety
 //
@@ -58,8 +59,38 @@
 // tx, a handler that carries on after tx.Publish failed. It cannot see
 // effects outside the test's Redis, which run at least once.
 //
-// # Not yet
+// # Topics
 //
-// Partitioned topics (Options.Topic and Partitions, Tester.SendKeyed,
-// KeyedState on a topic) will come with the consumer's support for them.
+// With Options.Topic (and Partitions, default 4) instead of Stream, the
+// Tester creates a partitioned topic and runs a consumer of it: one
+// instance that owns every partition under a lease, with a partition
+// consumer each, as in production. Entries go in with SendKeyed, to their
+// key's partition:
+//
+//	tt := streamtxtest.New(t, stock, streamtxtest.Options{Topic: "stock", Partitions: 4})
+//	tt.SendKeyed("apple", map[string]any{"n": 3})
+//	tt.SendKeyed("pear", map[string]any{"n": 2})
+//	tt.Drain() // until every partition is drained
+//	got := streamtxtest.KeyedState[Stock](tt, "stock", "apple") // in apple's partition
+//
+// Send fails on a topic, and SendKeyed on a stream. A Keyed state is read
+// with KeyedState, in the key's partition. A Stateful state has one value per
+// partition: State fails on a topic; read each with PartitionState.
+// DeadLetters returns those of every partition. The IDs SendKeyed returns
+// are unique across partitions (Redis's are unique per stream only), so Inject
+// takes them as they are.
+//
+// Leases last Config.LeaseTTL (the Tester's default is 300ms, with a
+// Heartbeat of 50ms) in Redis's clock. On miniredis that clock is the
+// Tester's, which moves only with Advance: leases do not expire between two
+// heartbeats however slow the test machine is. Drain stops the consumer,
+// which releases its leases; a crashed one (Crash) cannot, and the Tester
+// expires its leases and its membership before its replacement starts, as
+// LeaseTTL would, without waiting and without moving the clock.
+//
+// On a topic, Redeliver, Crash and LostReply are injected; Claim and
+// Conflict are not (see Fault): a partition has one reader and one writer,
+// the holder of its lease. A Crash stops every partition consumer of the
+// instance at once. CheckReplaySafe takes a topic too, with
+// ReplayOptions.KeyField naming the field of each input that holds its key.
 package streamtxtest

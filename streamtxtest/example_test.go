@@ -48,3 +48,33 @@ func Example() {
 	// o-3 25
 	// dead letter: o-2 permanent: strconv.Atoi: parsing "twenty": invalid syntax
 }
+
+type Level struct{ Left int }
+
+// A Keyed handler on a partitioned topic: its state is kept per key, in the
+// key's partition.
+func Example_topic() {
+	t := &testing.T{} // in a test: the test's t
+	stock := streamtx.Keyed("stock", nil, func(ctx context.Context, msg *streamtx.Message, s *Level, tx *txn.Tx) error {
+		n, err := strconv.Atoi(msg.Values["n"])
+		if err != nil {
+			return streamtx.Permanent(err)
+		}
+		s.Left += n
+		return nil
+	})
+	tt := streamtxtest.New(t, stock, streamtxtest.Options{Topic: "stock", Partitions: 4})
+	defer tt.Close()
+	tt.SendKeyed("apple", map[string]any{"n": 3})
+	id := tt.SendKeyed("pear", map[string]any{"n": 2})
+	tt.SendKeyed("apple", map[string]any{"n": -1})
+	tt.Inject(id, streamtxtest.Crash) // the consumer dies before it commits pear
+	tt.Drain()
+
+	for _, sku := range []string{"apple", "pear"} {
+		fmt.Printf("%s: partition %d, %+v\n", sku, tt.Topic().PartitionOf(sku), streamtxtest.KeyedState[Level](tt, "stock", sku))
+	}
+	// Output:
+	// apple: partition 1, {Left:2}
+	// pear: partition 3, {Left:2}
+}

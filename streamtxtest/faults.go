@@ -44,11 +44,22 @@ const (
 	// + 1, a new token). The commit is refused for a version conflict and
 	// the handlers run again on the reloaded state. A commit that writes no
 	// existing record cannot conflict: the fault is then not injected.
+	//
+	// Streams only: a partition of a topic has no other writer while its
+	// lease is held, and its holder's commits check the partition's commit
+	// record rather than each state record's version. On a topic, Inject
+	// refuses Conflict and random faults leave it out.
 	Conflict
 	// Claim: just before the commit is sent, another consumer claims the
 	// entry (XCLAIM, a new delivery) for a consumer called
 	// "<Consumer>-claimer-<n>". The commit is refused for it (not owned), and
 	// Drain runs the other consumer, which handles it again.
+	//
+	// Streams only: a partition of a topic is read by the one instance that
+	// holds its lease, under one consumer name, and never claimed from
+	// another (what takes its place is a Crash: the next owner takes the
+	// partition's pending entries back). On a topic, Inject refuses Claim
+	// and random faults leave it out.
 	Claim
 )
 
@@ -66,6 +77,21 @@ func (f Fault) String() string {
 // AllFaults returns every Fault.
 func AllFaults() []Fault { return []Fault{Redeliver, Crash, LostReply, Conflict, Claim} }
 
+// topicFaults returns the faults that make sense on a topic.
+func topicFaults() []Fault { return []Fault{Redeliver, Crash, LostReply} }
+
+// notOnTopics says why f makes no sense on a topic, or "".
+func notOnTopics(f Fault) string {
+	switch f {
+	case Claim:
+		return "a partition is read under its lease by one consumer and never claimed by another; " +
+			"Crash is what hands its pending entries to a new owner"
+	case Conflict:
+		return "a partition has no other writer while its lease is held, and its commits check the partition's commit record, not each state record's version"
+	}
+	return ""
+}
+
 // Faults injects faults at random, from a seed: after each handler call
 // that succeeded, with probability Rate, one of Kinds.
 //
@@ -73,10 +99,13 @@ func AllFaults() []Fault { return []Fault{Redeliver, Crash, LostReply, Conflict,
 // injected at random only while the entry has at least two deliveries left
 // before Config.MaxDeliveries: an entry is never dead-lettered for injected
 // faults alone. No entry gets more than MaxPerEntry faults.
+//
+// A Crash stops every partition consumer of a topic's consumer at once:
+// the entries other partitions had in hand are delivered again too.
 type Faults struct {
 	Seed        uint64
 	Rate        float64 // 0..1; 0 injects none
-	Kinds       []Fault // default AllFaults()
+	Kinds       []Fault // default AllFaults(); on a topic, without Claim and Conflict
 	MaxPerEntry int     // default 2
 }
 
@@ -84,11 +113,15 @@ type Faults struct {
 type Injection struct {
 	Fault      Fault
 	EntryID    string
+	Partition  int    // the entry's partition on a topic, -1 on a stream
 	Consumer   string // the consumer it was injected into
 	Deliveries int64  // the entry's delivery count when its handler ran
 }
 
 func (i Injection) String() string {
+	if i.Partition >= 0 {
+		return fmt.Sprintf("%s at %s in partition %d (consumer %s, delivery %d)", i.Fault, i.EntryID, i.Partition, i.Consumer, i.Deliveries)
+	}
 	return fmt.Sprintf("%s at %s (consumer %s, delivery %d)", i.Fault, i.EntryID, i.Consumer, i.Deliveries)
 }
 
@@ -96,7 +129,7 @@ type faultState struct {
 	cfg      Faults
 	rng      *rand.Rand
 	chosen   map[string][]Fault // entry ID -> faults to inject, in order
-	perEntry map[string]int
+	perEntry map[string]int     // entryKey -> faults injected
 	injected []Injection
 	ignored  []string // handler calls that returned nil after tx.Publish failed
 }
@@ -112,9 +145,15 @@ func (tt *Tester) Faults(f Faults) {
 		if _, ok := faultNames[k]; !ok {
 			tt.t.Fatalf("streamtxtest: Faults.Kinds: unknown %v", k)
 		}
+		if why := notOnTopics(k); why != "" && tt.topic != nil {
+			tt.t.Fatalf("streamtxtest: Faults.Kinds: %v on topic %q: %s (see %v)", k, tt.opts.Topic, why, k)
+		}
 	}
 	if len(f.Kinds) == 0 {
 		f.Kinds = AllFaults()
+		if tt.topic != nil {
+			f.Kinds = topicFaults()
+		}
 	}
 	if f.MaxPerEntry == 0 {
 		f.MaxPerEntry = 2
@@ -127,12 +166,16 @@ func (tt *Tester) Faults(f Faults) {
 
 // Inject injects faults, in order, the next times a handler call for the
 // entry id succeeds: one fault per call. Chosen faults are injected whatever
-// the entry's delivery count (so they can make it pass MaxDeliveries).
+// the entry's delivery count (so they can make it pass MaxDeliveries). On a
+// topic, id is an ID SendKeyed returned, and Claim and Conflict are refused.
 func (tt *Tester) Inject(id string, faults ...Fault) {
 	tt.t.Helper()
 	for _, k := range faults {
 		if _, ok := faultNames[k]; !ok {
 			tt.t.Fatalf("streamtxtest: Inject: unknown %v", k)
+		}
+		if why := notOnTopics(k); why != "" && tt.topic != nil {
+			tt.t.Fatalf("streamtxtest: Inject(%s, %v) on topic %q: %s (see %v)", id, k, tt.opts.Topic, why, k)
 		}
 	}
 	tt.mu.Lock()
@@ -161,7 +204,7 @@ func (tt *Tester) pick(in *instance, m *streamtx.Message) Fault {
 		fs.chosen[m.ID] = q[1:]
 		return q[0]
 	}
-	if fs.rng == nil || fs.cfg.Rate == 0 || fs.perEntry[m.ID] >= fs.cfg.MaxPerEntry {
+	if fs.rng == nil || fs.cfg.Rate == 0 || fs.perEntry[entryKey(m.Stream, m.ID)] >= fs.cfg.MaxPerEntry {
 		return 0
 	}
 	if fs.rng.Float64() >= fs.cfg.Rate {
@@ -178,13 +221,17 @@ func (tt *Tester) pick(in *instance, m *streamtx.Message) Fault {
 	if fs.perEntry == nil {
 		fs.perEntry = make(map[string]int)
 	}
-	fs.perEntry[m.ID]++
+	fs.perEntry[entryKey(m.Stream, m.ID)]++
 	return f
 }
 
-func (tt *Tester) injected(f Fault, id, consumer string, deliveries int64) {
+// entryKey names an entry of stream: IDs are unique per stream only (on a
+// topic a handler may publish to the source topic).
+func entryKey(stream, id string) string { return stream + " " + id }
+
+func (tt *Tester) injected(f Fault, id string, partition int, consumer string, deliveries int64) {
 	tt.mu.Lock()
-	tt.faults.injected = append(tt.faults.injected, Injection{Fault: f, EntryID: id, Consumer: consumer, Deliveries: deliveries})
+	tt.faults.injected = append(tt.faults.injected, Injection{Fault: f, EntryID: id, Partition: partition, Consumer: consumer, Deliveries: deliveries})
 	tt.mu.Unlock()
 }
 
@@ -222,17 +269,17 @@ func (w *faultHandler) Handle(ctx context.Context, m *streamtx.Message, tx *txn.
 	}
 	switch f := w.tt.pick(in, m); f {
 	case Redeliver:
-		w.tt.injected(f, m.ID, in.name, m.Deliveries)
+		w.tt.injected(f, m.ID, m.Partition, in.name, m.Deliveries)
 		return ErrInjected
 	case Crash:
-		w.tt.injected(f, m.ID, in.name, m.Deliveries)
+		w.tt.injected(f, m.ID, m.Partition, in.name, m.Deliveries)
 		w.tt.mu.Lock()
 		in.crashed = true
 		w.tt.mu.Unlock()
 		in.cancel()
 	case LostReply, Conflict, Claim:
 		w.tt.mu.Lock()
-		in.armed[m.ID] = f
+		in.armed[entryKey(m.Stream, m.ID)] = f
 		w.tt.mu.Unlock()
 	}
 	return nil
@@ -281,8 +328,8 @@ func (h hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		var id string
 		tt.mu.Lock()
 		for _, e := range cm.ids {
-			if f, ok := h.in.armed[e]; ok {
-				delete(h.in.armed, e)
+			if f, ok := h.in.armed[entryKey(cm.src.stream, e)]; ok {
+				delete(h.in.armed, entryKey(cm.src.stream, e))
 				if fault == 0 {
 					fault, id = f, e
 				}
@@ -292,7 +339,7 @@ func (h hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		switch fault {
 		case Conflict:
 			if tt.bumpStates(ctx, cm.states) {
-				tt.injected(fault, id, h.in.name, cm.deliveries[id])
+				tt.injected(fault, id, cm.src.p, h.in.name, cm.deliveries[id])
 			}
 		case Claim:
 			// A consumer that is not running, so that Drain starts it and
@@ -307,12 +354,12 @@ func (h hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 				Stream: tt.stream, Group: tt.opts.Group, Consumer: other, MinIdle: 0, Messages: []string{id},
 			}).Err()
 			if err == nil {
-				tt.injected(fault, id, h.in.name, cm.deliveries[id])
+				tt.injected(fault, id, cm.src.p, h.in.name, cm.deliveries[id])
 			}
 		}
 		err := next(ctx, cmd)
 		if fault == LostReply && err == nil {
-			tt.injected(fault, id, h.in.name, cm.deliveries[id])
+			tt.injected(fault, id, cm.src.p, h.in.name, cm.deliveries[id])
 			cmd.SetErr(errLostReply)
 			return errLostReply
 		}
@@ -332,6 +379,7 @@ var errLostReply error = lostReply{}
 // commitCall is what the hook reads of a commit.lua call (see the script's
 // header).
 type commitCall struct {
+	src        *source
 	ids        []string
 	deliveries map[string]int64
 	states     []string
@@ -340,7 +388,10 @@ type commitCall struct {
 }
 
 // parseCommit recognises a commit of this Tester's group by its first two
-// keys (the source stream and the group's offsets hash) and reads it.
+// keys (a source stream and its group's offsets hash) and reads it. The
+// publish targets are counted from the publish groups in ARGV, not taken as
+// the rest of KEYS: a partition consumer's commit runs wrapped (see
+// internal/rdb.Scripts.Fenced), with keys of the wrapper after them.
 func (tt *Tester) parseCommit(args []any) (commitCall, bool) {
 	var cm commitCall
 	if len(args) < 5 {
@@ -354,18 +405,37 @@ func (tt *Tester) parseCommit(args []any) (commitCall, bool) {
 	if !ok || nkeys < 2 || len(args) < 3+int(nkeys)+9 {
 		return cm, false
 	}
-	if s, _ := toString(args[3]); s != tt.stream {
+	stream, _ := toString(args[3])
+	cm.src = tt.source(stream)
+	if cm.src == nil {
 		return cm, false
 	}
-	if s, _ := toString(args[4]); s != tt.space.Offsets() {
+	if s, _ := toString(args[4]); s != cm.src.space.Offsets() {
 		return cm, false
 	}
 	argv := args[3+nkeys:]
 	ne, ok1 := toInt(argv[2])
 	ns, ok2 := toInt(argv[3])
 	nc, ok3 := toInt(argv[4])
-	if !ok1 || !ok2 || !ok3 || ne < 1 || ns < 0 || 2+ns > nkeys || int64(len(argv)) < 9+ne+2*nc {
+	ng, ok4 := toInt(argv[5])
+	if !ok1 || !ok2 || !ok3 || !ok4 || ne < 1 || ns < 0 || nc < 0 || ng < 0 || 2+ns > nkeys || int64(len(argv)) < 9+ne+2*nc+3*ns {
 		return cm, false
+	}
+	// The publish groups: run r, target t (1-based), field count n, then
+	// r publishes of n field/value pairs.
+	nt := int64(0)
+	for g, i := int64(0), 9+ne+2*nc+3*ns; g < ng; g++ {
+		if int64(len(argv)) < i+3 {
+			return cm, false
+		}
+		r, ok1 := toInt(argv[i])
+		t, ok2 := toInt(argv[i+1])
+		n, ok3 := toInt(argv[i+2])
+		if !ok1 || !ok2 || !ok3 || r < 0 || n < 0 || t < 1 || 2+ns+t > nkeys {
+			return cm, false
+		}
+		nt = max(nt, t)
+		i += 3 + 2*r*n
 	}
 	for i := int64(0); i < ne; i++ {
 		id, _ := toString(argv[9+i])
@@ -386,7 +456,7 @@ func (tt *Tester) parseCommit(args []any) (commitCall, bool) {
 		cm.states = append(cm.states, s)
 	}
 	cm.targetAt = int(3 + 2 + ns)
-	for i := 3 + 2 + ns; i < 3+nkeys; i++ {
+	for i := 3 + 2 + ns; i < 3+2+ns+nt; i++ {
 		s, _ := toString(args[i])
 		cm.targets = append(cm.targets, s)
 	}

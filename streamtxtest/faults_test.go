@@ -95,6 +95,7 @@ func TestEachFaultAtAChosenEntry(t *testing.T) {
 			assert.Equal(t, tc.fault, inj[0].Fault)
 			assert.Equal(t, id, inj[0].EntryID)
 			assert.Equal(t, "test-1", inj[0].Consumer)
+			assert.Equal(t, -1, inj[0].Partition, "a stream has no partitions")
 			assert.Equal(t, Totals{Orders: 3, Amount: 6}, streamtxtest.State[Totals](tt, "totals"))
 			var totals []string
 			for _, m := range tt.Published("receipts") {

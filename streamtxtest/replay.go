@@ -36,8 +36,13 @@ type ReplayOptions struct {
 	// Rate is the probability of a fault after each successful handler
 	// call. Default 0.5.
 	Rate float64
-	// Kinds are the faults to inject. Default AllFaults().
+	// Kinds are the faults to inject. Default AllFaults(); on a topic,
+	// without Claim and Conflict (see Fault).
 	Kinds []Fault
+	// KeyField names, on a topic (Options.Topic), the field of each input
+	// that holds its entry key: each input is sent with SendKeyed(key,
+	// input), the field staying among the values. Default "key".
+	KeyField string
 }
 
 // CheckReplaySafe checks that a handler leaves the same results in Redis
@@ -64,6 +69,10 @@ type ReplayOptions struct {
 // replays, not about order (a retried entry is otherwise handled after
 // those behind it, see the package streamtx docs).
 //
+// On a topic (opts.Topic), each input is sent to the partition of its key
+// (opts.KeyField); the results hold the state records of every partition
+// and the dead letters of every partition.
+//
 // What it cannot see: effects outside the test's Redis (HTTP calls, other
 // databases, a Redis of your own), which run at least once whatever the
 // handler does; and a handler whose results depend on msg.Deliveries, the
@@ -81,6 +90,17 @@ func CheckReplaySafe(t testing.TB, newHandler func() streamtx.Handler, inputs []
 	}
 	if opts.Seed == 0 {
 		opts.Seed = rand.Uint64() >> 16 // short enough to copy
+	}
+	if opts.KeyField == "" {
+		opts.KeyField = "key"
+	}
+	if opts.Topic != "" {
+		for i, in := range inputs {
+			if k, ok := in[opts.KeyField]; !ok || fmt.Sprint(k) == "" {
+				t.Fatalf("streamtxtest: CheckReplaySafe: input #%d (%s) has no field %q: on a topic each input needs its entry key (ReplayOptions.KeyField)",
+					i+1, fields(in), opts.KeyField)
+			}
+		}
 	}
 	seeds := make([]uint64, opts.Runs)
 	for i := range seeds {
@@ -155,7 +175,11 @@ func replayRun(t testing.TB, newHandler func() streamtx.Handler, inputs []map[st
 		tt.label = " (CheckReplaySafe, run without faults)"
 	}
 	for _, in := range inputs {
-		tt.Send(in)
+		if tt.topic != nil {
+			tt.SendKeyed(fmt.Sprint(in[opts.KeyField]), in)
+		} else {
+			tt.Send(in)
+		}
 		tt.Drain()
 	}
 	tt.mu.Lock()
@@ -171,20 +195,26 @@ func (tt *Tester) results() []string {
 	tt.t.Helper()
 	ctx := context.Background()
 	var lines []string
-	// State records.
-	base := tt.space.Base()
-	var stateKeys []string
-	for _, kind := range []string{"state:", "kstate:"} {
-		stateKeys = append(stateKeys, tt.scan(ctx, globEscape(base+kind)+"*")...)
-	}
-	sort.Strings(stateKeys)
-	for _, k := range stateKeys {
-		rec, err := record.Load(ctx, tt.admin, k)
-		if err != nil {
-			lines = append(lines, fmt.Sprintf("%s: %v", strings.TrimPrefix(k, base), err))
-			continue
+	// State records, of every partition on a topic.
+	for _, src := range tt.srcs {
+		base := src.space.Base()
+		var stateKeys []string
+		for _, kind := range []string{"state:", "kstate:"} {
+			stateKeys = append(stateKeys, tt.scan(ctx, globEscape(base+kind)+"*")...)
 		}
-		lines = append(lines, fmt.Sprintf("%s = %s", strings.TrimPrefix(k, base), readable(rec.Data)))
+		sort.Strings(stateKeys)
+		where := ""
+		if src.p >= 0 {
+			where = fmt.Sprintf("partition %d ", src.p)
+		}
+		for _, k := range stateKeys {
+			rec, err := record.Load(ctx, tt.admin, k)
+			if err != nil {
+				lines = append(lines, fmt.Sprintf("%s%s: %v", where, strings.TrimPrefix(k, base), err))
+				continue
+			}
+			lines = append(lines, fmt.Sprintf("%s%s = %s", where, strings.TrimPrefix(k, base), readable(rec.Data)))
+		}
 	}
 	// Streams other than the source and streamtx's own keys.
 	pattern := "*"
@@ -193,7 +223,7 @@ func (tt *Tester) results() []string {
 	}
 	var streams []string
 	for _, k := range tt.scan(ctx, pattern) {
-		if k == tt.stream || strings.HasPrefix(k, "stx:") {
+		if tt.source(k) != nil || strings.HasPrefix(k, "stx:") {
 			continue
 		}
 		if typ, err := tt.admin.Type(ctx, k).Result(); err == nil && typ == "stream" {

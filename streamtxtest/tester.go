@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -23,15 +24,21 @@ import (
 
 // Options configures a Tester. The zero value of every field means its
 // default.
-//
-// Partitioned topics (Topic and Partitions instead of Stream, and
-// Tester.SendKeyed) will come with the consumer's support for them; for now
-// a Tester consumes one plain stream.
 type Options struct {
 	// Stream is the source stream, as the handler knows it. Default
-	// "stream". On a shared Redis (REDIS_ADDR) it is stored under the
-	// test's key prefix (see Tester.Key).
+	// "stream" (unless Topic is set). On a shared Redis (REDIS_ADDR) it is
+	// stored under the test's key prefix (see Tester.Key).
 	Stream string
+	// Topic, instead of Stream, is a partitioned topic to consume: the
+	// Tester creates it (streamtx.CreateTopic) with Partitions partitions,
+	// and runs a consumer of the topic (Config.Topic), which owns every
+	// partition under a lease and runs a partition consumer for each. Send
+	// entries with Tester.SendKeyed. On a shared Redis the topic's name is
+	// under the test's key prefix. Default "": a stream.
+	Topic string
+	// Partitions is the topic's partition count (with Topic only). Default
+	// 4.
+	Partitions int
 	// Group is the consumer group. Default "test".
 	Group string
 	// Consumer is the name of the consumer that Drain runs. Default
@@ -44,7 +51,12 @@ type Options struct {
 	//   - Block: 10ms (it bounds how long stopping a consumer takes);
 	//   - Backoff: 1ms, so that retries are immediate (what your Backoff
 	//     returns is waited for in real time);
-	//   - Clock: the Tester's clock (Now, Advance).
+	//   - Clock: the Tester's clock (Now, Advance);
+	//   - on a topic, LeaseTTL 300ms and Heartbeat 50ms (see "Topics" in
+	//     the package docs).
+	//
+	// DeadLetterStream, when set, is stored under the test's key prefix,
+	// as Stream is.
 	//
 	// Config.Observer is still called: the Tester observes too, for Drain's
 	// report.
@@ -54,8 +66,19 @@ type Options struct {
 }
 
 func (o *Options) setDefaults() {
-	if o.Stream == "" {
+	if o.Stream == "" && o.Topic == "" {
 		o.Stream = "stream"
+	}
+	if o.Topic != "" {
+		if o.Partitions == 0 {
+			o.Partitions = 4
+		}
+		if o.Config.LeaseTTL == 0 {
+			o.Config.LeaseTTL = 300 * time.Millisecond
+		}
+		if o.Config.Heartbeat == 0 {
+			o.Config.Heartbeat = 50 * time.Millisecond
+		}
 	}
 	if o.Group == "" {
 		o.Group = "test"
@@ -74,12 +97,13 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// Tester runs a handler in a real streamtx consumer, on an embedded
-// miniredis or, when REDIS_ADDR is set, on that Redis under a key prefix of
-// its own. A Tester belongs to one test: its methods fail that test (with
-// t.Fatalf) instead of returning errors, and must be called from the test's
-// goroutine. Everything it starts is stopped, and on a shared Redis every
-// key it made is deleted, when the test ends.
+// Tester runs a handler in a real streamtx consumer, of a stream or of a
+// partitioned topic, on an embedded miniredis or, when REDIS_ADDR is set, on
+// that Redis under a key prefix of its own. A Tester belongs to one test:
+// its methods fail that test (with t.Fatalf) instead of returning errors,
+// and must be called from the test's goroutine. Everything it starts is
+// stopped, and on a shared Redis every key it made is deleted, when the test
+// ends.
 type Tester struct {
 	t      testing.TB
 	opts   Options
@@ -88,10 +112,11 @@ type Tester struct {
 	addr   string
 	admin  *redis.Client // for the Tester's own reads and writes: no faults
 	prefix string        // "" on miniredis
-	stream string        // the source stream as stored
-	space  keys.Space
-	dlq    string
-	label  string // what the Tester runs for, in failure messages
+	stream string        // the source stream as stored; "" on a topic
+	topic  *streamtx.Topic
+	srcs   []source // the stream, or the topic's partitions in order
+	label  string   // what the Tester runs for, in failure messages
+	sent   string   // on a topic, the last entry ID SendKeyed assigned
 
 	mu        sync.Mutex
 	now       time.Time
@@ -103,6 +128,33 @@ type Tester struct {
 }
 
 const keepErrors = 20
+
+// source is a stream the consumer reads: the Tester's stream, or one
+// partition of its topic.
+type source struct {
+	p      int    // the partition, -1 for a stream
+	stream string // as stored
+	space  keys.Space
+	dlq    string
+}
+
+// what names the source in messages.
+func (s *source) what() string {
+	if s.p < 0 {
+		return fmt.Sprintf("stream %q", s.stream)
+	}
+	return fmt.Sprintf("partition %d (%q)", s.p, s.stream)
+}
+
+// source returns the source whose stream is stream, or nil.
+func (tt *Tester) source(stream string) *source {
+	for i := range tt.srcs {
+		if tt.srcs[i].stream == stream {
+			return &tt.srcs[i]
+		}
+	}
+	return nil
+}
 
 // New returns a Tester that runs h as opts say. Nothing runs until Drain.
 // It fails the test when the configuration is refused (the error of
@@ -118,6 +170,12 @@ func newTester(t testing.TB, h streamtx.Handler, opts Options) *Tester {
 	t.Helper()
 	if h == nil {
 		t.Fatalf("streamtxtest: nil handler")
+	}
+	switch {
+	case opts.Stream != "" && opts.Topic != "":
+		t.Fatalf("streamtxtest: Options.Stream %q and Options.Topic %q: a Tester consumes a stream or a topic, not both", opts.Stream, opts.Topic)
+	case opts.Topic == "" && opts.Partitions != 0:
+		t.Fatalf("streamtxtest: Options.Partitions %d without Options.Topic", opts.Partitions)
 	}
 	opts.setDefaults()
 	tt := &Tester{t: t, opts: opts, insts: make(map[string]*instance)}
@@ -141,20 +199,43 @@ func newTester(t testing.TB, h streamtx.Handler, opts Options) *Tester {
 		tt.Close()
 		t.Fatalf("streamtxtest: Redis at %s (REDIS_ADDR): %v", tt.addr, err)
 	}
-	tt.stream = tt.Key(opts.Stream)
-	sp, err := keys.NewSpace(tt.stream, opts.Group)
-	if err != nil {
-		tt.Close()
-		t.Fatalf("streamtxtest: stream %q: %v", opts.Stream, err)
+	if opts.Topic != "" {
+		top, err := streamtx.CreateTopic(context.Background(), tt.admin, tt.Key(opts.Topic), streamtx.TopicConfig{Partitions: opts.Partitions})
+		if err != nil {
+			tt.Close()
+			t.Fatalf("streamtxtest: topic %q: %v", opts.Topic, err)
+		}
+		tt.topic = top
+		for p := range top.Partitions() {
+			sp, err := keys.NewSpace(top.Stream(p), opts.Group)
+			if err != nil {
+				tt.Close()
+				t.Fatalf("streamtxtest: topic %q: %v", opts.Topic, err)
+			}
+			dlq := sp.DeadLetters()
+			if opts.Config.DeadLetterStream != "" {
+				dlq = tt.Key(opts.Config.DeadLetterStream)
+			}
+			tt.srcs = append(tt.srcs, source{p: p, stream: top.Stream(p), space: sp, dlq: dlq})
+		}
+	} else {
+		tt.stream = tt.Key(opts.Stream)
+		sp, err := keys.NewSpace(tt.stream, opts.Group)
+		if err != nil {
+			tt.Close()
+			t.Fatalf("streamtxtest: stream %q: %v", opts.Stream, err)
+		}
+		tt.srcs = []source{{p: -1, stream: tt.stream, space: sp}}
 	}
-	tt.space = sp
 	// Validate the configuration now, where the test sets it up.
 	c, err := streamtx.NewConsumer(tt.admin, tt.config(opts.Consumer), tt.h)
 	if err != nil {
 		tt.Close()
 		t.Fatalf("streamtxtest: %v", err)
 	}
-	tt.dlq = c.DeadLetterStream()
+	if tt.topic == nil {
+		tt.srcs[0].dlq = c.DeadLetterStream()
+	}
 	return tt
 }
 
@@ -162,6 +243,12 @@ func newTester(t testing.TB, h streamtx.Handler, opts Options) *Tester {
 func (tt *Tester) config(name string) streamtx.Config {
 	cfg := tt.opts.Config
 	cfg.Stream, cfg.Group, cfg.Consumer = tt.stream, tt.opts.Group, name
+	if tt.topic != nil {
+		cfg.Topic = tt.topic.Name()
+	}
+	if cfg.DeadLetterStream != "" {
+		cfg.DeadLetterStream = tt.Key(cfg.DeadLetterStream)
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = tt.Now
 	}
@@ -225,8 +312,13 @@ func (tt *Tester) Key(name string) string {
 // are not subject to injected faults.
 func (tt *Tester) Client() redis.UniversalClient { return tt.admin }
 
-// Stream returns the source stream as stored (see Key).
+// Stream returns the source stream as stored (see Key), or "" on a topic
+// (see Topic).
 func (tt *Tester) Stream() string { return tt.stream }
+
+// Topic returns the source topic (its name as stored, its partitions'
+// streams, PartitionOf), or nil when the Tester consumes a stream.
+func (tt *Tester) Topic() *streamtx.Topic { return tt.topic }
 
 // Group returns the consumer group.
 func (tt *Tester) Group() string { return tt.opts.Group }
@@ -249,6 +341,11 @@ func (tt *Tester) Now() time.Time {
 // the idle time of pending entries (Config.ClaimIdle), the time of new
 // entry IDs and of TIME (Config.Retention.MaxAge) and key TTLs. On a real
 // Redis it moves only the Tester's clock: Redis's own is real.
+//
+// On a topic, leases and membership are timed by Redis's clock too. Nothing
+// holds a lease between two Drains, so Advance by more than LeaseTTL is
+// harmless; and on miniredis, where the clock moves only with Advance, a
+// lease never expires during a Drain, however slow the machine.
 func (tt *Tester) Advance(d time.Duration) {
 	tt.t.Helper()
 	if d < 0 {
@@ -266,9 +363,13 @@ func (tt *Tester) Advance(d time.Duration) {
 
 // Send appends an entry with values to the source stream and returns its
 // ID. Values take what go-redis's XADD takes (strings, numbers, []byte…).
-// Nothing handles it until Drain.
+// Nothing handles it until Drain. On a topic it fails the test: use
+// SendKeyed.
 func (tt *Tester) Send(values map[string]any) string {
 	tt.t.Helper()
+	if tt.topic != nil {
+		tt.t.Fatalf("streamtxtest: Send on topic %q: an entry of a topic needs a key: use SendKeyed(key, values)", tt.opts.Topic)
+	}
 	if len(values) == 0 {
 		tt.t.Fatalf("streamtxtest: Send with no values")
 	}
@@ -278,6 +379,89 @@ func (tt *Tester) Send(values map[string]any) string {
 	}
 	return id
 }
+
+// SendKeyed appends an entry with values and key to the source topic — to
+// the partition of key (Topic.PartitionOf), with key in the field
+// "stx.key", as Producer.PublishKeyed does — and returns its ID. Nothing
+// handles it until Drain. On a stream it fails the test: set Options.Topic.
+//
+// The IDs SendKeyed returns are unique across the topic's partitions, and
+// ascend in the order of the calls (Redis's own IDs are unique per stream
+// only), so that an ID alone names an entry: for Inject, say.
+func (tt *Tester) SendKeyed(key string, values map[string]any) string {
+	tt.t.Helper()
+	switch {
+	case tt.topic == nil:
+		tt.t.Fatalf("streamtxtest: SendKeyed(%q) on the stream %q: keyed entries go to a topic: set Options.Topic (and Partitions) instead of Stream", key, tt.opts.Stream)
+	case key == "":
+		tt.t.Fatalf("streamtxtest: SendKeyed with an empty key")
+	case len(values) == 0:
+		tt.t.Fatalf("streamtxtest: SendKeyed(%q) with no values", key)
+	}
+	if _, ok := values[keyField]; ok {
+		tt.t.Fatalf("streamtxtest: SendKeyed(%q): the field %q is reserved for the key", key, keyField)
+	}
+	withKey := make(map[string]any, len(values)+1)
+	for k, v := range values {
+		withKey[k] = v
+	}
+	withKey[keyField] = key
+	stream := tt.topic.Stream(tt.topic.PartitionOf(key))
+	ctx := context.Background()
+	id, err := tt.nextID(ctx, stream)
+	if err == nil {
+		id, err = tt.admin.XAdd(ctx, &redis.XAddArgs{Stream: stream, ID: id, Values: withKey}).Result()
+	}
+	if err != nil {
+		tt.t.Fatalf("streamtxtest: send to topic %q (key %q): %v", tt.opts.Topic, key, err)
+	}
+	tt.sent = id
+	return id
+}
+
+// keyField is the field of an entry of a topic that holds its key.
+const keyField = "stx.key"
+
+// nextID returns the ID of the next entry SendKeyed appends to stream: the
+// Redis time in ms, or later — after the last ID SendKeyed assigned in any
+// partition and after the top of stream (which a handler may have published
+// to). Nothing runs between Drains: no other entry can come in between.
+func (tt *Tester) nextID(ctx context.Context, stream string) (string, error) {
+	now, err := tt.admin.Time(ctx).Result()
+	if err != nil {
+		return "", err
+	}
+	id := [2]uint64{uint64(now.UnixMilli()), 0}
+	top, err := tt.admin.XRevRangeN(ctx, stream, "+", "-", 1).Result()
+	if err != nil {
+		return "", err
+	}
+	for _, after := range []string{tt.sent, topID(top)} {
+		if a, ok := parseID(after); ok && !less(a, id) {
+			id = [2]uint64{a[0], a[1] + 1}
+		}
+	}
+	return fmt.Sprintf("%d-%d", id[0], id[1]), nil
+}
+
+func topID(ms []redis.XMessage) string {
+	if len(ms) == 0 {
+		return ""
+	}
+	return ms[0].ID
+}
+
+func parseID(s string) ([2]uint64, bool) {
+	ms, seq, ok := strings.Cut(s, "-")
+	if !ok {
+		return [2]uint64{}, false
+	}
+	a, err1 := strconv.ParseUint(ms, 10, 64)
+	b, err2 := strconv.ParseUint(seq, 10, 64)
+	return [2]uint64{a, b}, err1 == nil && err2 == nil
+}
+
+func less(a, b [2]uint64) bool { return a[0] < b[0] || a[0] == b[0] && a[1] < b[1] }
 
 // Published returns the entries of stream (as the handler names it in
 // tx.Publish), oldest first. Message.Stream is the name as given.
@@ -300,31 +484,56 @@ func (tt *Tester) Published(stream string) []streamtx.Message {
 }
 
 // DeadLetters returns the group's dead letters, oldest first, each with the
-// error that sent it there (DeadLetter.Error).
+// error that sent it there (DeadLetter.Error). On a topic it returns those
+// of every partition, partition by partition (DeadLetter.Stream is the
+// partition's stream).
 func (tt *Tester) DeadLetters() []streamtx.DeadLetter {
 	tt.t.Helper()
 	var all []streamtx.DeadLetter
-	for start := "-"; ; {
-		page, next, err := streamtx.ListDeadLetters(context.Background(), tt.admin, tt.dlq, start, 1000)
-		if err != nil {
-			tt.t.Fatalf("streamtxtest: %v", err)
+	seen := make(map[string]bool)
+	for _, src := range tt.srcs {
+		if seen[src.dlq] {
+			continue // Config.DeadLetterStream: one for every partition
 		}
-		all = append(all, page...)
-		if next == "" {
-			return all
+		seen[src.dlq] = true
+		for start := "-"; ; {
+			page, next, err := streamtx.ListDeadLetters(context.Background(), tt.admin, src.dlq, start, 1000)
+			if err != nil {
+				tt.t.Fatalf("streamtxtest: %v", err)
+			}
+			all = append(all, page...)
+			if next == "" {
+				break
+			}
+			start = next
 		}
-		start = next
 	}
+	return all
 }
 
-// DeadLetterStream returns the group's dead-letter stream as stored.
-func (tt *Tester) DeadLetterStream() string { return tt.dlq }
+// DeadLetterStream returns the group's dead-letter stream as stored. On a
+// topic it returns Config.DeadLetterStream when set (every partition's),
+// else "": each partition has its own, Topic().DeadLetterStream(Group(), p).
+func (tt *Tester) DeadLetterStream() string {
+	if tt.topic != nil && tt.opts.Config.DeadLetterStream == "" {
+		return ""
+	}
+	return tt.srcs[0].dlq
+}
 
 // State returns the committed value of the state name (Stateful, or a
 // txn.State read with Get): the zero value before the first commit. Give
 // the state's codec when it is not msgpack (state.JSON…).
+//
+// On a topic it fails the test: each partition has a value of its own
+// (read one with PartitionState), and a Keyed state is read with
+// KeyedState.
 func State[S any](tt *Tester, name string, codec ...state.Codec[S]) S {
 	tt.t.Helper()
+	if tt.topic != nil {
+		tt.t.Fatalf("streamtxtest: State(%q) on topic %q: on a topic a state that is not keyed has one value per partition: "+
+			"read one with PartitionState(tt, %q, p), or a Keyed state with KeyedState(tt, %q, key)", name, tt.opts.Topic, name, name)
+	}
 	snap, err := streamtx.ReadState[S](context.Background(), tt.admin, tt.stream, tt.opts.Group, name, codec...)
 	if err != nil {
 		tt.t.Fatalf("streamtxtest: %v", err)
@@ -332,11 +541,35 @@ func State[S any](tt *Tester, name string, codec ...state.Codec[S]) S {
 	return snap.Value
 }
 
+// PartitionState returns the committed value of the state name (Stateful,
+// or a txn.State read with Get) in partition p of the topic, as State does
+// on a stream: on a topic, each partition's consumer keeps a value of its
+// own. It fails the test on a stream (use State) and for a p out of range.
+func PartitionState[S any](tt *Tester, name string, p int, codec ...state.Codec[S]) S {
+	tt.t.Helper()
+	switch {
+	case tt.topic == nil:
+		tt.t.Fatalf("streamtxtest: PartitionState(%q, %d) on the stream %q: a stream has no partitions: use State", name, p, tt.opts.Stream)
+	case p < 0 || p >= tt.topic.Partitions():
+		tt.t.Fatalf("streamtxtest: PartitionState(%q, %d): topic %q has partitions 0 to %d", name, p, tt.opts.Topic, tt.topic.Partitions()-1)
+	}
+	snap, err := streamtx.ReadState[S](context.Background(), tt.admin, tt.topic.Stream(p), tt.opts.Group, name, codec...)
+	if err != nil {
+		tt.t.Fatalf("streamtxtest: %v", err)
+	}
+	return snap.Value
+}
+
 // KeyedState returns the committed value of the keyed state name for key
-// (Keyed, or a txn.State read with GetKey), as State does.
+// (Keyed, or a txn.State read with GetKey), as State does. On a topic it
+// reads in the key's partition (Topic.PartitionOf).
 func KeyedState[S any](tt *Tester, name, key string, codec ...state.Codec[S]) S {
 	tt.t.Helper()
-	snap, err := streamtx.ReadKeyedState[S](context.Background(), tt.admin, tt.stream, tt.opts.Group, name, key, codec...)
+	from := tt.stream
+	if tt.topic != nil {
+		from = tt.topic.Name()
+	}
+	snap, err := streamtx.ReadKeyedState[S](context.Background(), tt.admin, from, tt.opts.Group, name, key, codec...)
 	if err != nil {
 		tt.t.Fatalf("streamtxtest: %v", err)
 	}
@@ -350,9 +583,16 @@ func KeyedState[S any](tt *Tester, name, key string, codec ...state.Codec[S]) S 
 // was claimed for; see Fault), so that the pending entries of a consumer
 // that is gone are recovered by name rather than after ClaimIdle.
 //
-// It fails the test, with the entries still pending and the last errors the
-// consumers reported, when that takes longer than Options.DrainTimeout, or
-// when a consumer's Run returns an error.
+// On a topic, Drain runs one consumer of the topic, which owns every
+// partition, and waits until every partition is drained. A consumer that
+// crashed (Fault Crash) is replaced by a new instance under the same name,
+// after the Tester has expired the crashed one's leases and membership, as
+// LeaseTTL would.
+//
+// It fails the test, with the entries still pending (partition by
+// partition on a topic) and the last errors the consumers reported, when
+// that takes longer than Options.DrainTimeout, or when a consumer's Run
+// returns an error.
 func (tt *Tester) Drain() {
 	tt.t.Helper()
 	defer tt.stopAll()
@@ -369,8 +609,9 @@ func (tt *Tester) Drain() {
 			return
 		}
 		if time.Now().After(deadline) {
+			report := tt.report() // before the consumers stop and release what they hold
 			tt.stopAll()
-			tt.t.Fatalf("streamtxtest%s: Drain: not done after %s%s\n%s", tt.label, tt.opts.DrainTimeout, errSuffix(err), tt.report())
+			tt.t.Fatalf("streamtxtest%s: Drain: not done after %s%s\n%s", tt.label, tt.opts.DrainTimeout, errSuffix(err), report)
 		}
 		<-tick.C
 	}
@@ -384,14 +625,26 @@ func errSuffix(err error) string {
 }
 
 // drained reports whether the group has read every entry and has none
-// pending.
+// pending, in every source.
 func (tt *Tester) drained() (bool, error) {
+	for i := range tt.srcs {
+		if ok, err := tt.srcDrained(&tt.srcs[i]); !ok {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+func (tt *Tester) srcDrained(src *source) (bool, error) {
 	ctx := context.Background()
-	groups, err := tt.admin.XInfoGroups(ctx, tt.stream).Result()
+	groups, err := tt.admin.XInfoGroups(ctx, src.stream).Result()
 	if err != nil {
+		if src.p >= 0 {
+			err = fmt.Errorf("partition %d: %w", src.p, err)
+		}
 		return false, err
 	}
-	last, err := tt.admin.XRevRangeN(ctx, tt.stream, "+", "-", 1).Result()
+	last, err := tt.admin.XRevRangeN(ctx, src.stream, "+", "-", 1).Result()
 	if err != nil {
 		return false, err
 	}
@@ -400,12 +653,16 @@ func (tt *Tester) drained() (bool, error) {
 			return g.Pending == 0 && (len(last) == 0 || g.LastDeliveredID == last[0].ID), nil
 		}
 	}
-	return false, fmt.Errorf("no group %q yet", tt.opts.Group)
+	return false, fmt.Errorf("%s: no group %q yet", src.what(), tt.opts.Group)
 }
 
-// supervise keeps a consumer running for the Tester's consumer name and
-// for every name that holds pending entries.
+// supervise keeps a consumer running for the Tester's consumer name and,
+// on a stream, for every name that holds pending entries. (On a topic every
+// partition consumer reads under one name, whoever owns the partition.)
 func (tt *Tester) supervise() error {
+	if tt.topic != nil {
+		return tt.ensureRunning(tt.opts.Consumer)
+	}
 	names := []string{tt.opts.Consumer}
 	if p, err := tt.admin.XPending(context.Background(), tt.stream, tt.opts.Group).Result(); err == nil {
 		for name, n := range p.Consumers {
@@ -427,22 +684,8 @@ func (tt *Tester) supervise() error {
 // did not finish.
 func (tt *Tester) report() string {
 	var b strings.Builder
-	ctx := context.Background()
-	rows, err := tt.admin.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: tt.stream, Group: tt.opts.Group, Start: "-", End: "+", Count: 50}).Result()
-	switch {
-	case err != nil:
-		fmt.Fprintf(&b, "pending entries: %v\n", err)
-	case len(rows) == 0:
-		b.WriteString("pending entries: none (the group has not read every entry)\n")
-	default:
-		b.WriteString("pending entries:\n")
-		for _, r := range rows {
-			vals := ""
-			if ms, err := tt.admin.XRangeN(ctx, tt.stream, r.ID, r.ID, 1).Result(); err == nil && len(ms) == 1 {
-				vals = " " + fields(ms[0].Values)
-			}
-			fmt.Fprintf(&b, "  %s consumer=%s deliveries=%d idle=%s%s\n", r.ID, r.Consumer, r.RetryCount, r.Idle, vals)
-		}
+	for i := range tt.srcs {
+		tt.reportSource(&b, &tt.srcs[i])
 	}
 	tt.mu.Lock()
 	errs := append([]string(nil), tt.errs...)
@@ -456,6 +699,41 @@ func (tt *Tester) report() string {
 		}
 	}
 	return b.String()
+}
+
+// reportSource describes what is pending in src (and, on a topic, who
+// holds its lease).
+func (tt *Tester) reportSource(b *strings.Builder, src *source) {
+	ctx := context.Background()
+	head, indent := "pending entries", "  "
+	if src.p >= 0 {
+		head = "partition " + strconv.Itoa(src.p)
+		if l, err := tt.admin.HGetAll(ctx, src.space.Lease()).Result(); err == nil && l["owner"] != "" {
+			head += fmt.Sprintf(" (lease: %s, epoch %s)", l["owner"], l["epoch"])
+		}
+		head += ", pending entries"
+		indent = "    "
+		if ok, err := tt.srcDrained(src); ok && err == nil {
+			fmt.Fprintf(b, "partition %d: drained\n", src.p)
+			return
+		}
+	}
+	rows, err := tt.admin.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: src.stream, Group: tt.opts.Group, Start: "-", End: "+", Count: 50}).Result()
+	switch {
+	case err != nil:
+		fmt.Fprintf(b, "%s: %v\n", head, err)
+	case len(rows) == 0:
+		fmt.Fprintf(b, "%s: none (the group has not read every entry)\n", head)
+	default:
+		fmt.Fprintf(b, "%s:\n", head)
+		for _, r := range rows {
+			vals := ""
+			if ms, err := tt.admin.XRangeN(ctx, src.stream, r.ID, r.ID, 1).Result(); err == nil && len(ms) == 1 {
+				vals = " " + fields(ms[0].Values)
+			}
+			fmt.Fprintf(b, "%s%s consumer=%s deliveries=%d idle=%s%s\n", indent, r.ID, r.Consumer, r.RetryCount, r.Idle, vals)
+		}
+	}
 }
 
 // LastErrors returns the last errors the consumers reported (handler
@@ -475,6 +753,9 @@ type observer struct {
 func (o observer) Observe(e streamtx.Event) {
 	if e.Err != nil {
 		s := fmt.Sprintf("%s %s %v: %v", e.Consumer, e.Kind, e.IDs, e.Err)
+		if e.Partition >= 0 {
+			s = fmt.Sprintf("%s partition %d %s %v: %v", e.Consumer, e.Partition, e.Kind, e.IDs, e.Err)
+		}
 		o.tt.mu.Lock()
 		o.tt.errs = append(o.tt.errs, s)
 		if len(o.tt.errs) > keepErrors {
@@ -547,6 +828,11 @@ func (tt *Tester) ensureRunning(name string) error {
 			if !crashed {
 				return fmt.Errorf("consumer %s: Run returned: %v", name, in.err)
 			}
+			if tt.topic != nil {
+				if err := tt.expire(name); err != nil {
+					return err
+				}
+			}
 		default:
 			return nil
 		}
@@ -570,6 +856,36 @@ func (tt *Tester) ensureRunning(name string) error {
 	}()
 	return nil
 }
+
+// expire ends the membership and the leases of the instances of the
+// consumer called name, on a topic: what LeaseTTL does to an instance that
+// died, without waiting for it (or, on miniredis, without moving the
+// clock). It is called once the crashed instance's Run has returned, and
+// before its replacement starts: every instance of name is then dead.
+func (tt *Tester) expire(name string) error {
+	ctx := context.Background()
+	ks := []string{keys.Members(tt.topic.Name(), tt.opts.Group)}
+	for _, src := range tt.srcs {
+		ks = append(ks, src.space.Lease())
+	}
+	if err := redis.NewScript(expireSrc).Run(ctx, tt.admin, ks, name+"/").Err(); err != nil {
+		return fmt.Errorf("expire the leases of the crashed consumer %s: %w", name, err)
+	}
+	return nil
+}
+
+// expireSrc removes the members of KEYS[1] whose instance ID starts with
+// ARGV[1] and ends the leases KEYS[2..] they hold (see lua/members.lua and
+// lua/lease.lua in the module: "until" 0 is expired; the epoch stays).
+const expireSrc = `local n = #ARGV[1]
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if string.sub(m, 1, n) == ARGV[1] then redis.call('ZREM', KEYS[1], m) end
+end
+for i = 2, #KEYS do
+  local owner = redis.call('HGET', KEYS[i], 'owner')
+  if owner and string.sub(owner, 1, n) == ARGV[1] then redis.call('HSET', KEYS[i], 'until', '0') end
+end
+return 0`
 
 // stopAll stops every consumer and waits for them.
 func (tt *Tester) stopAll() {
