@@ -1,8 +1,8 @@
 // Package clustertest runs streamtx consumers on a Redis Cluster of
 // redis-server processes private to each test (see redistest.StartCluster):
 // the exactly-once counter with streams on different masters, the refusal
-// of a publish to another slot, and a manual failover of the source stream's
-// master in the middle of a run.
+// of a publish to another slot, a manual failover of the source stream's
+// master in the middle of a run, and consumers of partitioned topics.
 package clustertest
 
 import (
@@ -505,6 +505,7 @@ type recorder struct {
 	errs      []string                        // EventError texts
 	byKind    map[streamtx.EventKind][]string // IDs in order
 	done      map[string]map[string]bool      // stream -> committed IDs
+	total     int                             // committed IDs over all streams
 	waiters   []waiter
 	crossSlot []string
 }
@@ -538,11 +539,13 @@ func (r *recorder) Observe(e streamtx.Event) {
 		for _, id := range e.IDs {
 			if d[id] {
 				r.t.Errorf("%s: entry %s reported committed twice (by %s)", e.Stream, id, e.Consumer)
+			} else {
+				r.total++
 			}
 			d[id] = true
 		}
 		r.waiters = slices.DeleteFunc(r.waiters, func(w waiter) bool {
-			if w.stream == e.Stream && len(d) >= w.n {
+			if (w.stream == e.Stream && len(d) >= w.n) || (w.stream == "" && r.total >= w.n) {
 				close(w.ch)
 				return true
 			}
@@ -552,12 +555,13 @@ func (r *recorder) Observe(e streamtx.Event) {
 }
 
 // whenCommitted returns a channel closed once n entries of stream have been
-// committed.
+// committed; stream "" counts the entries of every stream (the partitions of
+// a topic).
 func (r *recorder) whenCommitted(stream string, n int) <-chan struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ch := make(chan struct{})
-	if len(r.done[stream]) >= n {
+	if r.committedLocked(stream) >= n {
 		close(ch)
 		return ch
 	}
@@ -565,16 +569,26 @@ func (r *recorder) whenCommitted(stream string, n int) <-chan struct{} {
 	return ch
 }
 
-// waiter is a channel to close once n entries of stream have committed.
+// waiter is a channel to close once n entries of stream (of every stream
+// when "") have committed.
 type waiter struct {
 	stream string
 	n      int
 	ch     chan struct{}
 }
 
+// committed returns the number of entries of stream committed, of every
+// stream when stream is "".
 func (r *recorder) committed(stream string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.committedLocked(stream)
+}
+
+func (r *recorder) committedLocked(stream string) int {
+	if stream == "" {
+		return r.total
+	}
 	return len(r.done[stream])
 }
 
@@ -601,7 +615,7 @@ func (r *recorder) summary() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var b strings.Builder
-	for k := streamtx.EventCommit; k <= streamtx.EventError; k++ {
+	for k := streamtx.EventCommit; k <= streamtx.EventRevoked; k++ {
 		fmt.Fprintf(&b, "%s=%d ", k, r.kinds[k])
 	}
 	const maxErrs = 20
