@@ -45,6 +45,7 @@ func TestClusterReshardMidRun(t *testing.T) {
 	)
 	rng, _ := newRand(t)
 	c := redistest.StartCluster(t, 3, 0)
+	skipCrashingServer(t, c)
 	r := startMidRun(t, c, "{rh-src}", n, chunk, backlog)
 	src, rec, rdb := r.src, r.rec, r.rdb
 	from := c.MasterFor(src)
@@ -151,4 +152,22 @@ func errorStat(t *testing.T, rdb *redis.ClusterClient, prefix string) int {
 	})
 	require.NoError(t, err)
 	return total
+}
+
+// skipCrashingServer skips the test on Redis 7.2.x (not Valkey, which
+// reports 7.2.4 as its Redis compatibility level): moving a slot while a
+// client is blocked in XREADGROUP on one of its keys crashes the source
+// master there ("ASSERTION FAILED ==> networking.c:2066 'c->duration == 0'",
+// valkey-io/valkey#563, fixed by #526), in about 1 run in 10. That is the
+// server under test failing, not streamtx; the test runs on every other
+// server of the CI matrix.
+func skipCrashingServer(t *testing.T, c *redistest.Cluster) {
+	t.Helper()
+	a := redis.NewClient(&redis.Options{Addr: c.Addrs()[0]})
+	defer a.Close()
+	info, err := a.Info(context.Background(), "server").Result()
+	require.NoError(t, err)
+	if strings.Contains(info, "redis_version:7.2.") && !strings.Contains(info, "valkey_version:") {
+		t.Skip("Redis 7.2.x crashes when a slot moves under a blocked XREADGROUP (valkey-io/valkey#563); covered on 7.0, 7.4 and Valkey 8")
+	}
 }
