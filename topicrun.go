@@ -189,8 +189,8 @@ func (m *member) stopAll() {
 func (m *member) exit(ctx context.Context, o *owned) error {
 	m.mu.Lock()
 	delete(m.parts, o.p)
-	m.mu.Unlock()
 	lost := o.lost
+	m.mu.Unlock()
 	if lost == nil {
 		ok, err := m.lease(ctx, "release", o.p, o.epoch)
 		if err != nil {
