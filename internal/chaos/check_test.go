@@ -24,6 +24,7 @@ type verdict struct {
 	losses      int // source entries with no output entry and no dead letter
 	phantoms    int // output entries whose source is not a source entry
 	deadLetters int
+	inversions  int      // outputs of a key after an output of a later entry of that key (topics)
 	accounted   int      // source entries published or dead-lettered
 	violations  []string // the first ones
 	nviolations int      // all of them

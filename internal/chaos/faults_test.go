@@ -89,12 +89,18 @@ type injector struct {
 	proxy     *faultproxy.Proxy
 	rdb       *redis.Client // direct to the server, not through the proxy
 	stream    string
-	out       []string // output streams, to report what a restore rolled back
-	claimIdle time.Duration
-	kinds     []string // the kinds to inject, each at least once
+	out       []string      // output streams, to report what a restore rolled back
+	claimIdle time.Duration // how long others take to take a stopped worker's work over (ClaimIdle, or a topic's LeaseTTL)
+	kinds     []string      // the kinds to inject, each at least once
 	start     time.Time
 	window    time.Duration
 	counts    map[string]int
+
+	// Workload hooks; nil: those of a plain stream.
+	holding    func(s *slot) int64                 // what s's name holds: pendingOf, or a topic's partitions
+	committers func(ctx context.Context) []laggard // lastCommitters
+	commitHash string                              // the SHA1 a drop looks for: commitSHA()
+	onRestore  func()                              // called when the snapshot is restored, every worker paused
 
 	snap      []any // the pending snapshot: key, dump, …
 	snapAt    time.Time
@@ -218,7 +224,7 @@ func (in *injector) pickSlot(busy bool) *slot {
 			continue
 		}
 		live = append(live, s)
-		if busy && in.pendingOf(s) > 0 {
+		if busy && in.holds(s) > 0 {
 			withPending = append(withPending, s)
 		}
 	}
@@ -229,6 +235,15 @@ func (in *injector) pickSlot(busy bool) *slot {
 		in.t.Fatalf("chaos: no live worker")
 	}
 	return live[in.rnd.IntN(len(live))]
+}
+
+// holds returns what s's name holds (see pendingOf), or -1 when Redis does
+// not answer.
+func (in *injector) holds(s *slot) int64 {
+	if in.holding != nil {
+		return in.holding(s)
+	}
+	return in.pendingOf(s)
 }
 
 // pendingOf returns the number of entries pending for s's name, or -1 when
@@ -263,19 +278,19 @@ func (in *injector) zombie() {
 	p := s.procs[0]
 	in.cl.pause(p)
 	at := time.Now()
-	before := in.pendingOf(s)
+	before := in.holds(s)
 	minStop := in.between(in.claimIdle+in.claimIdle/2, 3*in.claimIdle)
 	deadline := at.Add(3*in.claimIdle + 5*time.Second)
 	left := before
 	for {
 		time.Sleep(50 * time.Millisecond) // polling the pending list
-		left = in.pendingOf(s)
+		left = in.holds(s)
 		if el := time.Since(at); el >= minStop && (left == 0 || time.Now().After(deadline)) {
 			break
 		}
 	}
 	in.cl.resume(p)
-	in.logf("zombie: SIGSTOP %s (pid %d) for %v: %d pending when stopped, %d still its own at SIGCONT",
+	in.logf("zombie: SIGSTOP %s (pid %d) for %v: %d held (pending entries, or a topic's partitions) when stopped, %d still its own at SIGCONT",
 		p.id, p.pid, time.Since(at).Round(time.Millisecond), before, left)
 }
 
@@ -313,7 +328,11 @@ func (in *injector) cut() {
 func (in *injector) drop() {
 	n := 1 + in.rnd.IntN(3)
 	before := in.proxy.Fired()
-	in.proxy.DropReply(commitSHA(), n)
+	hash := in.commitHash
+	if hash == "" {
+		hash = commitSHA()
+	}
+	in.proxy.DropReply(hash, n)
 	deadline := time.Now().Add(5 * time.Second)
 	for in.proxy.Fired() < before+n && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond) // polling for the replies to be lost
@@ -368,9 +387,16 @@ func (in *injector) restoreSnapshot() {
 	in.cl.pauseAll()
 	var lags []laggard
 	if *laggardFlag {
-		lags = in.lastCommitters(ctx)
+		if in.committers != nil {
+			lags = in.committers(ctx)
+		} else {
+			lags = in.lastCommitters(ctx)
+		}
 	}
 	deleted, err := restoreScript.Run(ctx, in.rdb, nil, in.snap...).Int()
+	if in.onRestore != nil {
+		in.onRestore()
+	}
 	cut := in.rnd.IntN(2) == 0
 	if cut {
 		in.proxy.CutAll()

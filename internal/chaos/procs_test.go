@@ -366,6 +366,12 @@ func (c *cluster) events() map[string]int {
 				n[kind]++
 				continue
 			}
+			switch {
+			case strings.HasPrefix(line, refusedPrefix):
+				n["refused"]++
+			case strings.HasPrefix(line, orderPrefix):
+				n["handler-inversion"]++
+			}
 			for msg, name := range logCounted {
 				if strings.Contains(line, msg) {
 					n[name]++
@@ -375,6 +381,35 @@ func (c *cluster) events() map[string]int {
 		f.Close()
 	}
 	return n
+}
+
+// lines returns the lines of every worker log that start with prefix, each
+// preceded by the worker's ID.
+func (c *cluster) lines(prefix string) []string {
+	var out []string
+	for _, p := range c.all {
+		out = append(out, p.lines(prefix)...)
+	}
+	return out
+}
+
+// lines returns the lines of p's log that start with prefix, each preceded
+// by p's ID.
+func (p *proc) lines(prefix string) []string {
+	f, err := os.Open(p.logPath)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if line := sc.Text(); strings.HasPrefix(line, prefix) {
+			out = append(out, p.id+": "+line)
+		}
+	}
+	return out
 }
 
 // readyWriter copies a worker's output to its log file and closes the
