@@ -47,11 +47,13 @@ import (
 // -chaos.seed, -chaos.faults, -chaos.keep and -chaos.laggard work as for
 // TestChaos. It ends with one line:
 //
-//	chaos topic summary: result=PASS seed=… entries=800 partitions=8 keys=24 workers=3 faults=… kill=… zombie=… dup=… cut=… drop=… redis-restart=… snapshot=1 assigned=… fenced=… refused=… duplicates=0 losses=0 inversions=0 dead-letters=0 violations=0 elapsed=…
+//	chaos topic summary: result=PASS seed=… entries=800 partitions=8 keys=24 workers=3 faults=… kill=… zombie=… dup=… cut=… drop=… redis-restart=… snapshot=1 assigned=… fenced=… refused=… stale-after-rollback=… duplicates=0 losses=0 inversions=0 dead-letters=0 violations=0 elapsed=…
 //
 // where assigned counts partition acquisitions, fenced the observer's
 // EventFenced and refused the scripts a lease's fence refused (evidence
-// that zombies did try to write).
+// that zombies did try to write), and stale-after-rollback the handler
+// runs on a cache the snapshot restore left ahead of Redis, which must not
+// commit (see rollback).
 const (
 	topicName       = "ct-orders"
 	topicOut        = "ct-out"
