@@ -209,7 +209,10 @@ func (c *Consumer) fetch(ctx context.Context, count int, block time.Duration) ([
 func (c *Consumer) fetchFenced(ctx context.Context, count int, block time.Duration) ([]*Message, error) {
 	ctx = context.WithoutCancel(ctx) // as fetch: Block bounds the wait
 	read := func() (string, []*Message, error) {
-		keys, args := c.fence.Append([]string{c.cfg.Stream}, []any{c.cfg.Group, c.cfg.Consumer, count})
+		// A fresh token per read: go-redis sends the same one again when it
+		// retries the script after a lost reply, and read.lua then returns
+		// what the first run delivered.
+		keys, args := c.fence.Append([]string{c.cfg.Stream, c.space.LastRead()}, []any{c.cfg.Group, c.cfg.Consumer, count, rdb.NewToken()})
 		reply, err := rdb.Run(ctx, c.rdb, c.scripts.Read, keys, args...)
 		if err != nil {
 			return "", nil, err

@@ -46,8 +46,10 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 		// The partition's commit record is not the last one this owner
 		// wrote: Redis lost commits (a failover, a restore). What they
 		// acknowledged is pending again: take every pending entry back in
-		// stream order, on state loaded afresh.
-		r.states.Discard()
+		// stream order, on state loaded afresh — every record: those of
+		// other keys cached from commits Redis lost are ahead of it too,
+		// and a lease holder's commits check no record versions.
+		r.states.Reset()
 		r.recoverOwn, r.ownCursor = true, "0"
 		err := fmt.Errorf("streamtx: partition %d lost commits: %w", r.partition, j.err)
 		if lerr := r.loadRecord(ctx); lerr != nil {
@@ -129,8 +131,8 @@ func (r *runner) settle(ctx context.Context) (rerun []*Message, ok bool) {
 			// No one else writes a partition's state while its lease is
 			// held: Redis lost commits (a failover or restore). Their
 			// entries are pending again: take every pending entry back in
-			// stream order before anything else.
-			r.states.Discard()
+			// stream order before anything else, on state loaded afresh.
+			r.states.Reset()
 			r.recoverOwn, r.ownCursor = true, "0"
 			return nil, false
 		}

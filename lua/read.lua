@@ -3,23 +3,57 @@
 -- its lease cannot take entries into the group's pending list after the
 -- next owner recovered it.
 --
+-- A read is idempotent: the same read sent again (a client that retries a
+-- command whose reply was lost, as go-redis does by default) returns the
+-- entries the first run delivered instead of reading past them, which would
+-- leave those pending unseen and let later entries of their keys go first.
+--
 -- KEYS[1] -> partition stream
+-- KEYS[2] -> last read record: "<token> <first ID> <last ID>" of the last
+--            read that delivered entries
 --
 -- ARGV[1] -> group
 -- ARGV[2] -> consumer
 -- ARGV[3] -> max entries
+-- ARGV[4] -> read token: random per read, the same when a read is sent again
 --
 -- Returns {top, entries, {}} (the shape of claim.lua's reply):
 --   top      the ID of the stream's last entry ("0-0" when empty), to block on
 --            with XREAD when nothing was new
 --   entries  a list of {id, 1, {field, value, ...}}
--- Writes: XREADGROUP (the group's last ID, the pending list).
+-- Writes: XREADGROUP (the group's last ID, the pending list), SET of the last
+-- read record when entries were delivered.
 
-local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
-local res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', tonumber(ARGV[3]), 'STREAMS', stream, '>')
+local stream, lastread, group, consumer, token = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4]
 local entries = {}
-if res and res[1] then
-  for i, e in ipairs(res[1][2]) do entries[i] = {e[1], 1, e[2]} end
+local prev = redis.call('GET', lastread)
+local again = false
+if prev then
+  local sp = string.find(prev, ' ', 1, true)
+  if sp and string.sub(prev, 1, sp - 1) == token then
+    -- This read ran already and its reply was lost: what it delivered is
+    -- pending for consumer (no one else reads under the lease).
+    again = true
+    local first, last = string.match(string.sub(prev, sp + 1), '^(%S+) (%S+)$')
+    if first then
+      for i, e in ipairs(redis.call('XRANGE', stream, first, last)) do entries[i] = {e[1], 1, e[2]} end
+    end
+  end
+end
+if not again then
+  local res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', tonumber(ARGV[3]), 'STREAMS', stream, '>')
+  local ids = {}
+  if res and res[1] then
+    for i, e in ipairs(res[1][2]) do
+      entries[i] = {e[1], 1, e[2]}
+      ids[i] = e[1]
+    end
+  end
+  if #ids > 0 then
+    -- A read of new entries delivers a run of the stream: its first and
+    -- last IDs name it.
+    redis.call('SET', lastread, token .. ' ' .. ids[1] .. ' ' .. ids[#ids])
+  end
 end
 local top = '0-0'
 if #entries == 0 then

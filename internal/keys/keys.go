@@ -112,6 +112,10 @@ func (s Space) Commits() string { return s.base + "commits" }
 // for this space's group (see lua/lease.lua).
 func (s Space) Lease() string { return s.base + "lease" }
 
+// LastRead returns the record of a partition's last read (see
+// lua/read.lua): what it delivered, under its token.
+func (s Space) LastRead() string { return s.base + "lastread" }
+
 // Members returns the membership sorted set of group on topic (see
 // lua/members.lua), in the slot of the topic's metadata record.
 func Members(topic, group string) string {

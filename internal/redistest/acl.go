@@ -64,8 +64,10 @@ var aclCommands = map[Role][]string{
 		// The per-entry suspect counter.
 		"+incr", "+pexpire", "+del",
 		// Topics: members.lua and lease.lua (TIME, sorted set, hash), the
-		// fence (HMGET), and XREAD to wait for new entries.
+		// fence (HMGET), XREAD to wait for new entries.
 		"+zadd", "+zrem", "+zrange", "+zremrangebyscore", "+hmget", "+hincrby", "+xread",
+		// read.lua sent again after a lost reply returns its entries again.
+		"+xrange",
 	},
 	RoleProducer: {
 		// produce.lua: dedupe record (GET, SET … PX), TYPE, XADD.
