@@ -7,6 +7,7 @@ import (
 	"context"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,4 +169,40 @@ func TestTopicLostReadReplyKeepsOrder(t *testing.T) {
 	}
 	require.Equal(t, []string{"1", "2", "3", "4"}, got, "the order in which the entries were committed")
 	o.check(t)
+}
+
+// A commit whose reply is lost and which go-redis sends again by itself is
+// answered as committed by its commit record: no entry is reported fenced,
+// and no loss of commits is reported after it.
+func TestTopicCommitSentAgainIsCommitted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	scripts, err := rdb.NewScripts(os.DirFS("lua"))
+	require.NoError(t, err)
+	commit := scripts.Fenced().Commit
+	require.NoError(t, commit.Load(ctx, e.rdb).Err()) // commits go out as EVALSHA <its hash>
+	proxy := faultproxy.New(t, redistest.Addr(t))
+	client := redis.NewClient(&redis.Options{Addr: proxy.Addr(), MaxRetries: 3})
+	t.Cleanup(func() { client.Close() })
+	o := newOrderRun(t, e, 1, 1, 0)
+	o.client = client
+	var bad atomic.Int64
+	obs := streamtx.ObserverFunc(func(ev streamtx.Event) {
+		if ev.Kind == streamtx.EventFenced || ev.Kind == streamtx.EventError {
+			bad.Add(1)
+		}
+	})
+	run(t, o.consumer(t, "a", o.handler(t, 0), func(c *streamtx.Config) { c.Observer = obs; c.BatchSize = 1 }))
+	proxy.DropReply(commit.Hash(), 1)
+	prod, err := streamtx.NewProducer(e.rdb, streamtx.ProducerConfig{})
+	require.NoError(t, err)
+	for seq := 1; seq <= 3; seq++ {
+		_, err := prod.PublishKeyed(ctx, o.topic.Name(), "key-0", map[string]any{"seq": seq})
+		require.NoError(t, err)
+	}
+	o.n, o.keys = 3, 1
+	o.check(t)
+	require.Equal(t, 1, proxy.Fired(), "a commit's reply was lost")
+	require.Zero(t, bad.Load(), "fenced or error events")
 }

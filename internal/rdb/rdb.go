@@ -72,15 +72,18 @@ const FencedPrefix = "STXFENCED"
 // lease holder, checking the partition's commit record first: the string
 // "<sequence> <token>" of the last commit, which the holder knows. Another
 // value means Redis lost commits (a failover, a restore): the commit is
-// refused with LostPrefix. The value the commit would write means this is
-// the retry of a commit that applied (its reply was lost): the body runs
-// and refuses it as not owned. The record key and the old and new values
+// refused with LostPrefix. The value the commit would write (its token is
+// unique) means this is the retry of this very commit, which applied and
+// whose reply was lost — by go-redis's own retry too: it answers committed. The record key and the old and new values
 // come off the ends of KEYS and ARGV (before the fence's, see Fence).
 const recordHead = `local rec_key = KEYS[#KEYS]; KEYS[#KEYS] = nil
 local rec_new = ARGV[#ARGV]; ARGV[#ARGV] = nil
 local rec_old = ARGV[#ARGV]; ARGV[#ARGV] = nil
 local rec_cur = redis.call('GET', rec_key) or ''
-if rec_cur ~= rec_old and rec_cur ~= rec_new then
+if rec_cur == rec_new then
+  return {0}
+end
+if rec_cur ~= rec_old then
   return redis.error_reply('STXLOST commit record ' .. rec_key .. ' is "' .. rec_cur .. '", not "' .. rec_old .. '": Redis lost commits')
 end
 if redis.acl_check_cmd and not redis.acl_check_cmd('SET', rec_key, rec_new) then
