@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/streamtx/streamtx"
 	"github.com/streamtx/streamtx/internal/keys"
 	"github.com/streamtx/streamtx/internal/msgp"
 	"github.com/streamtx/streamtx/internal/record"
@@ -12,15 +13,25 @@ import (
 
 // check verifies, after a run, that every entry was acknowledged, that one
 // entry was published per entry (none for raw-ack), and that the counters
-// of the stateful scenarios add up to n. It returns "ok" or what is wrong.
-func (b *bench) check(ctx context.Context, scenario, src, out string, n int) string {
+// of the stateful scenarios add up to n. The source is the stream src, or
+// the partitions of topic when it is not nil. It returns "ok" or what is
+// wrong.
+func (b *bench) check(ctx context.Context, scenario, src string, topic *streamtx.Topic, out string, n int) string {
 	var problems []string
-	pending, err := b.rdb.XPending(ctx, src, group).Result()
-	if err != nil {
-		return "ERROR: XPENDING: " + err.Error()
+	srcs := []string{src}
+	if topic != nil {
+		srcs = topicStreams(topic)
 	}
-	if pending.Count != 0 {
-		problems = append(problems, fmt.Sprintf("%d still pending", pending.Count))
+	var pending int64
+	for _, s := range srcs {
+		p, err := b.rdb.XPending(ctx, s, group).Result()
+		if err != nil {
+			return "ERROR: XPENDING " + s + ": " + err.Error()
+		}
+		pending += p.Count
+	}
+	if pending != 0 {
+		problems = append(problems, fmt.Sprintf("%d still pending", pending))
 	}
 	if out != "" {
 		want := int64(n)
@@ -35,8 +46,22 @@ func (b *bench) check(ctx context.Context, scenario, src, out string, n int) str
 			problems = append(problems, fmt.Sprintf("%d published, want %d", published, want))
 		}
 	}
-	if scenario == stxStateful || scenario == stxKeyed {
-		sum, err := b.stateSum(ctx, src, scenario == stxKeyed)
+	var names []string
+	var err error
+	switch scenario {
+	case stxStateful:
+		var space keys.Space
+		if space, err = keys.NewSpace(src, group); err == nil {
+			names = []string{space.State(stateName)}
+		}
+	case stxKeyed, stxTopicKeyed:
+		names, err = keyedStateNames(src, topic)
+	}
+	if err != nil {
+		return "ERROR: " + err.Error()
+	}
+	if names != nil {
+		sum, err := b.stateSum(ctx, names)
 		if err != nil {
 			return "ERROR: reading state: " + err.Error()
 		}
@@ -50,20 +75,9 @@ func (b *bench) check(ctx context.Context, scenario, src, out string, n int) str
 	return "ok"
 }
 
-// stateSum adds up the committed counters of the run on src: the one
-// Stateful record, or the numKeys Keyed records.
-func (b *bench) stateSum(ctx context.Context, src string, keyed bool) (int64, error) {
-	space, err := keys.NewSpace(src, group)
-	if err != nil {
-		return 0, err
-	}
-	names := []string{space.State(stateName)}
-	if keyed {
-		names = names[:0]
-		for i := range numKeys {
-			names = append(names, space.KeyedState(stateName, keyName(i)))
-		}
-	}
+// stateSum adds up the committed counters in the records names (a missing
+// record counts 0).
+func (b *bench) stateSum(ctx context.Context, names []string) (int64, error) {
 	recs, err := record.LoadMany(ctx, b.rdb, names)
 	if err != nil {
 		return 0, err

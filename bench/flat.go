@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/streamtx/streamtx"
+	"github.com/streamtx/streamtx/internal/keys"
 )
 
 // flatSample is the process's memory after some entries in -flat mode.
@@ -136,7 +137,11 @@ loop:
 	if produced != nil {
 		<-produced
 	}
-	sum, err := b.stateSum(ctx, src, false)
+	space, err := keys.NewSpace(src, group)
+	if err != nil {
+		return samples, err
+	}
+	sum, err := b.stateSum(ctx, []string{space.State(stateName)})
 	switch {
 	case err != nil:
 		return samples, err

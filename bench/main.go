@@ -4,14 +4,16 @@
 //	go run ./bench -redis 127.0.0.1:6379     # full matrix, 3 repeats (minutes)
 //	go run ./bench -quick                    # small version (CI smoke test)
 //	go run ./bench -flat 1000000             # memory flatness on a long stream
+//	go run ./bench -rebalance                # topic rebalance timings (worker processes)
 //
 // For every repeat it runs every combination of scenario, batch size and
 // consumer count once, in order, so that drift (other load, Redis memory,
 // CPU frequency) affects all of them alike. It prints a Markdown table of
 // entries/s (median of the repeats) and of each scenario's ratio to raw-alo
-// at the same batch size and consumer count, with allocations, bytes and CPU
-// per entry; then the commit latency at batch 1 under light load; then the
-// peak RSS and the machine. See bench/README.md.
+// (raw-alo-topic for the topic scenarios, see topic.go) at the same batch
+// size and consumer count, with allocations, bytes and CPU per entry; then
+// the commit latency at batch 1 under light load; then the peak RSS and the
+// machine. See bench/README.md.
 //
 // Every run works under its own key prefix, "bench:<pid>:<run>:", and
 // deletes its keys (and the "stx:{bench:<pid>:<run>:…" keys streamtx derives)
@@ -29,6 +31,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -54,6 +57,18 @@ type options struct {
 	cpuProfile      string
 	memProfile      string
 	runTimeout      time.Duration
+	// Topic scenarios.
+	partitions int
+	rawTopic   string
+	topicCold  bool
+	leaseTTL   time.Duration
+	// -rebalance mode.
+	rebalance         bool
+	leaseTTLs         []time.Duration
+	rebalanceWorkers  int
+	rebalanceRepeats  int
+	rebalanceInterval time.Duration
+	worker            string
 }
 
 func main() {
@@ -85,6 +100,16 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the measured runs to this file (samples carry scenario/batch/consumers labels)")
 	flag.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile to this file at the end")
 	flag.DurationVar(&o.runTimeout, "run-timeout", 10*time.Minute, "give up on one run after this long")
+	flag.IntVar(&o.partitions, "partitions", 8, "partitions of the topic scenarios and of -rebalance")
+	flag.StringVar(&o.rawTopic, "raw-topic", rawSplit, "how raw-alo-topic's consumers share the partitions: "+strings.Join(rawTopicModes, ", "))
+	flag.BoolVar(&o.topicCold, "topic-cold", false, "topic scenarios: start the consumers with the entries there, timing their join and first rebalance too")
+	flag.DurationVar(&o.leaseTTL, "lease-ttl", 0, "Config.LeaseTTL of the topic scenarios; 0: streamtx's default (-quick: 2s)")
+	flag.BoolVar(&o.rebalance, "rebalance", false, "run only the rebalance mode: worker processes on a topic, SIGKILL one, start one")
+	leaseTTLs := flag.String("lease-ttls", "10s,2s", "-rebalance: the LeaseTTLs to measure")
+	flag.IntVar(&o.rebalanceWorkers, "rebalance-workers", 3, "-rebalance: worker processes before the kill")
+	flag.IntVar(&o.rebalanceRepeats, "rebalance-repeats", 3, "-rebalance: trials per LeaseTTL")
+	flag.DurationVar(&o.rebalanceInterval, "rebalance-interval", 2*time.Millisecond, "-rebalance: pause between two entries of the producer")
+	flag.StringVar(&o.worker, "worker", "", "internal: run as a -rebalance worker with this JSON spec")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", flag.Args())
@@ -108,6 +133,16 @@ func parseFlags() (options, error) {
 		if !set["run-timeout"] {
 			o.runTimeout = time.Minute
 		}
+		if !set["lease-ttl"] {
+			o.leaseTTL = 2 * time.Second
+		}
+	}
+	for _, f := range strings.Split(*leaseTTLs, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(f))
+		if err != nil || d < 100*time.Millisecond {
+			return o, fmt.Errorf("-lease-ttls: %q is not a duration of at least 100ms", f)
+		}
+		o.leaseTTLs = append(o.leaseTTLs, d)
 	}
 	for _, s := range strings.Split(*scenarios, ",") {
 		s = strings.TrimSpace(s)
@@ -140,6 +175,18 @@ func parseFlags() (options, error) {
 		return o, errors.New("-flat-window must be at least twice -flat-batch")
 	case o.runTimeout <= 0:
 		return o, errors.New("-run-timeout must be positive")
+	case o.partitions < 1 || o.partitions > 1024:
+		return o, errors.New("-partitions must be within 1..1024")
+	case !slices.Contains(rawTopicModes, o.rawTopic):
+		return o, fmt.Errorf("-raw-topic: %q is not one of %s", o.rawTopic, strings.Join(rawTopicModes, ", "))
+	case o.leaseTTL != 0 && o.leaseTTL < 100*time.Millisecond:
+		return o, errors.New("-lease-ttl must be 0 (the default) or at least 100ms")
+	case o.rebalanceWorkers < 2:
+		return o, errors.New("-rebalance-workers must be at least 2 (one is killed)")
+	case o.rebalanceRepeats < 1:
+		return o, errors.New("-rebalance-repeats must be at least 1")
+	case o.rebalanceInterval <= 0:
+		return o, errors.New("-rebalance-interval must be positive")
 	}
 	return o, nil
 }
@@ -186,6 +233,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if opt.worker != "" {
+		return runWorker(opt.worker)
+	}
 	if err := checkLoopback(opt.redis); err != nil {
 		return err
 	}
@@ -217,6 +267,15 @@ func run() error {
 		defer pprof.StopCPUProfile()
 	}
 
+	if opt.rebalance {
+		start := time.Now()
+		rep.Rebalance, err = b.runRebalance(ctx)
+		rep.PeakRSSMiB = mib(procStatusKiB("VmHWM"))
+		rep.Machine.Elapsed = time.Since(start).Round(time.Second).String()
+		rep.Machine.LoadEnd = loadAvg()
+		printRebalance(os.Stdout, rep)
+		return errors.Join(err, writeJSON(opt.jsonPath, rep))
+	}
 	if opt.flat > 0 {
 		rep.FlatBatch, rep.FlatWindow = opt.flatBatch, opt.flatWindow
 		rep.Flat, err = b.runFlat(ctx)
@@ -265,7 +324,7 @@ func run() error {
 	}
 	if opt.latencyN > 0 {
 		for _, sc := range opt.scenarios {
-			if sc == rawACK || ctx.Err() != nil {
+			if sc == rawACK || isTopic(sc) || ctx.Err() != nil {
 				continue
 			}
 			l, err := b.runLatency(ctx, sc, opt.latencyN, opt.latencyInterval)
@@ -330,19 +389,44 @@ func (b *bench) runOne(ctx context.Context, scenario string, batch, consumers, r
 		res.Check = "ERROR: " + err.Error()
 		return res
 	}
-	if err := preload(ctx, b.rdb, src, 0, n); err != nil {
-		return fail(err)
-	}
-	if err := b.rdb.XGroupCreate(ctx, src, group, "0").Err(); err != nil {
-		return fail(err)
-	}
 	r := &trial{
 		rdb: b.rdb, src: src, out: out, batch: batch, consumers: consumers,
 		track: newTracker(n), events: &eventCounts{},
+		rawTopic: b.opt.rawTopic, leaseTTL: b.opt.leaseTTL,
+	}
+	// warm: the consumers start first, the entries appear once they are
+	// ready (see topic.go).
+	warm := isTopic(scenario) && !b.opt.topicCold
+	var stage []string
+	if isTopic(scenario) {
+		var err error
+		if r.topic, stage, err = b.newTopic(ctx, prefix, n, warm); err != nil {
+			return fail(err)
+		}
+	} else {
+		if err := preload(ctx, b.rdb, src, 0, n); err != nil {
+			return fail(err)
+		}
+		if err := b.rdb.XGroupCreate(ctx, src, group, "0").Err(); err != nil {
+			return fail(err)
+		}
 	}
 	launch, err := r.prepare(scenario)
 	if err != nil {
 		return fail(err)
+	}
+
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wait func() error
+	labels := pprof.Labels("scenario", scenario, "batch", strconv.Itoa(batch), "consumers", strconv.Itoa(consumers))
+	launchAll := func() { pprof.Do(rctx, labels, func(lctx context.Context) { wait = launch(lctx) }) }
+	if warm {
+		launchAll()
+		if err := r.waitReady(ctx, b.opt.runTimeout); err != nil {
+			cancel()
+			return fail(errors.Join(err, wait()))
+		}
 	}
 
 	runtime.GC()
@@ -352,24 +436,26 @@ func (b *bench) runOne(ctx context.Context, scenario string, batch, consumers, r
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
 
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	timeout := time.NewTimer(b.opt.runTimeout)
 	defer timeout.Stop()
-	start := time.Now()
-	var wait func() error
-	labels := pprof.Labels("scenario", scenario, "batch", strconv.Itoa(batch), "consumers", strconv.Itoa(consumers))
-	pprof.Do(rctx, labels, func(lctx context.Context) { wait = launch(lctx) })
+	began := time.Now()
 	var runErr error
+	if warm {
+		runErr = moveIn(ctx, b.rdb, r.topic, stage)
+	} else {
+		launchAll()
+	}
 	end := time.Time{}
-	select {
-	case <-r.track.done:
-		end = r.track.end
-	case <-ctx.Done():
-		runErr = ctx.Err()
-	case <-timeout.C:
-		res.TimedOut = true
-		runErr = fmt.Errorf("timed out after %v", b.opt.runTimeout)
+	if runErr == nil {
+		select {
+		case <-r.track.done:
+			end = r.track.end
+		case <-ctx.Done():
+			runErr = ctx.Err()
+		case <-timeout.C:
+			res.TimedOut = true
+			runErr = fmt.Errorf("timed out after %v", b.opt.runTimeout)
+		}
 	}
 	if end.IsZero() {
 		end = time.Now()
@@ -384,7 +470,7 @@ func (b *bench) runOne(ctx context.Context, scenario string, batch, consumers, r
 	}
 
 	acked := r.track.count.Load()
-	elapsed := end.Sub(start)
+	elapsed := end.Sub(began)
 	res.Seconds = elapsed.Seconds()
 	res.EntriesPerSec = float64(min(acked, int64(n))) / elapsed.Seconds()
 	res.AllocsPerEntry = float64(ms1.Mallocs-ms0.Mallocs) / float64(n)
@@ -400,13 +486,15 @@ func (b *bench) runOne(ctx context.Context, scenario string, batch, consumers, r
 	res.Fenced = r.events.fenced.Load()
 	res.Retries = r.events.retries.Load()
 	res.Errors = r.events.errors.Load()
+	res.Assigned = r.events.assigned.Load()
+	res.Revoked = r.events.revoked.Load()
 	switch {
 	case runErr != nil:
 		res.Check = "ERROR: " + runErr.Error()
 	case r.events.firstErr != nil:
 		res.Check = "ERROR: " + r.events.firstErr.Error()
 	default:
-		res.Check = b.check(ctx, scenario, src, out, n)
+		res.Check = b.check(ctx, scenario, src, r.topic, out, n)
 	}
 	return res
 }

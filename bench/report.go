@@ -31,6 +31,8 @@ type runResult struct {
 	Fenced             int64   `json:"fenced"`
 	Retries            int64   `json:"retries"`
 	Errors             int64   `json:"errors"`
+	Assigned           int64   `json:"assigned,omitempty"` // topics: EventAssigned
+	Revoked            int64   `json:"revoked,omitempty"`  // topics: EventRevoked
 	TimedOut           bool    `json:"timed_out,omitempty"`
 	Check              string  `json:"check"`
 }
@@ -43,7 +45,8 @@ type row struct {
 	Consumers          int     `json:"consumers"`
 	Repeats            int     `json:"repeats"`
 	EntriesPerSec      float64 `json:"entries_per_sec_median"`
-	Ratio              float64 `json:"ratio_to_raw_alo"`
+	Baseline           string  `json:"baseline"`
+	Ratio              float64 `json:"ratio_to_baseline"`
 	AllocsPerEntry     float64 `json:"allocs_per_entry"`
 	BytesPerEntry      float64 `json:"bytes_per_entry"`
 	GoCPUPerEntryUS    float64 `json:"go_cpu_us_per_entry"`
@@ -65,6 +68,10 @@ type machineInfo struct {
 	Entries      int    `json:"entries_per_run"`
 	Repeats      int    `json:"repeats"`
 	Quick        bool   `json:"quick"`
+	Partitions   int    `json:"partitions"`
+	RawTopic     string `json:"raw_topic"`
+	TopicStart   string `json:"topic_start"` // "warm" or "cold" (-topic-cold)
+	LeaseTTL     string `json:"lease_ttl"`   // of the topic scenarios
 	Date         string `json:"date"`
 	Elapsed      string `json:"elapsed,omitempty"`
 	LoadStart    string `json:"loadavg_start,omitempty"`
@@ -81,6 +88,7 @@ type report struct {
 	FlatWindow int             `json:"flat_window,omitempty"`
 	FlatCheck  string          `json:"flat_check,omitempty"`
 	Runs       []runResult     `json:"runs,omitempty"`
+	Rebalance  []rebalanceRun  `json:"rebalance,omitempty"`
 }
 
 func machine(ctx context.Context, rdb *redis.Client, opt options) machineInfo {
@@ -95,8 +103,18 @@ func machine(ctx context.Context, rdb *redis.Client, opt options) machineInfo {
 		Entries:    opt.n,
 		Repeats:    opt.repeats,
 		Quick:      opt.quick,
+		Partitions: opt.partitions,
+		RawTopic:   opt.rawTopic,
+		TopicStart: "warm",
+		LeaseTTL:   "default (10s)",
 		Date:       time.Now().UTC().Format(time.RFC3339),
 		LoadStart:  loadAvg(),
+	}
+	if opt.topicCold {
+		m.TopicStart = "cold"
+	}
+	if opt.leaseTTL > 0 {
+		m.LeaseTTL = opt.leaseTTL.String()
 	}
 	if info, err := redisInfo(ctx, rdb, "server"); err == nil {
 		m.RedisVersion = info["redis_version"]
@@ -117,7 +135,8 @@ func median(xs []float64) float64 {
 }
 
 // summarize groups the runs by combination, in the order they ran, and sets
-// each row's ratio to raw-alo at the same batch size and consumer count.
+// each row's ratio to its baseline (raw-alo, or raw-alo-topic for the topic
+// scenarios) at the same batch size and consumer count.
 func summarize(runs []runResult, opt options) []row {
 	type combo struct {
 		scenario         string
@@ -131,7 +150,7 @@ func summarize(runs []runResult, opt options) []row {
 	var rows []row
 	for _, batch := range opt.batches {
 		for _, consumers := range opt.consumers {
-			var base float64
+			base := map[string]float64{}
 			for _, sc := range opt.scenarios {
 				rs := byCombo[combo{sc, batch, consumers}]
 				if len(rs) == 0 {
@@ -148,6 +167,7 @@ func summarize(runs []runResult, opt options) []row {
 					Scenario:           sc,
 					Batch:              batch,
 					Consumers:          consumers,
+					Baseline:           baseline(sc),
 					Repeats:            len(rs),
 					EntriesPerSec:      col(func(r runResult) float64 { return r.EntriesPerSec }),
 					AllocsPerEntry:     col(func(r runResult) float64 { return r.AllocsPerEntry }),
@@ -163,14 +183,14 @@ func summarize(runs []runResult, opt options) []row {
 						w.Check = fmt.Sprintf("repeat %d: %s", r.Repeat, r.Check)
 					}
 				}
-				if sc == rawALO {
-					base = w.EntriesPerSec
+				if sc == rawALO || sc == rawALOTopic {
+					base[sc] = w.EntriesPerSec
 				}
 				rows = append(rows, w)
 			}
 			for i := range rows {
-				if rows[i].Batch == batch && rows[i].Consumers == consumers && base > 0 {
-					rows[i].Ratio = rows[i].EntriesPerSec / base
+				if b := base[rows[i].Baseline]; rows[i].Batch == batch && rows[i].Consumers == consumers && b > 0 {
+					rows[i].Ratio = rows[i].EntriesPerSec / b
 				}
 			}
 		}
@@ -203,8 +223,8 @@ func printReport(w io.Writer, rep *report) {
 	fmt.Fprintf(w, "## streamtx benchmark\n\n")
 	fmt.Fprintf(w, "%s entries per run, %d repeat(s) interleaved; every number is the median of the repeats (peak RSS: the highest).\n",
 		thousands(float64(m.Entries)), m.Repeats)
-	fmt.Fprintf(w, "\"vs raw-alo\" divides entries/s by raw-alo's at the same batch size and consumer count. CPU per entry: this process (Go, getrusage) and the Redis server (INFO cpu, all its clients), measured separately.\n\n")
-	fmt.Fprintln(w, "| scenario | batch | consumers | entries/s | vs raw-alo | allocs/entry | bytes/entry | Go CPU µs/entry | Redis CPU µs/entry | conflicts | peak RSS MiB | check |")
+	fmt.Fprintf(w, "\"vs raw\" divides entries/s by the raw at-least-once loop's over the same streams (raw-alo; raw-alo-topic for the topic scenarios) at the same batch size and consumer count. CPU per entry: this process (Go, getrusage) and the Redis server (INFO cpu, all its clients), measured separately.\n\n")
+	fmt.Fprintln(w, "| scenario | batch | consumers | entries/s | vs raw | allocs/entry | bytes/entry | Go CPU µs/entry | Redis CPU µs/entry | conflicts | peak RSS MiB | check |")
 	fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
 	for _, r := range rep.Rows {
 		ratio := "–"
@@ -225,8 +245,20 @@ func printReport(w io.Writer, rep *report) {
 			conflicts, rss, r.Check)
 	}
 	fmt.Fprintln(w)
+	topics := false
 	for _, sc := range allScenarios {
 		fmt.Fprintf(w, "- `%s`: %s\n", sc, scenarioDesc[sc])
+	}
+	for _, r := range rep.Rows {
+		topics = topics || isTopic(r.Scenario)
+	}
+	if topics {
+		fmt.Fprintf(w, "\nTopic scenarios: %d partitions, -raw-topic %s, LeaseTTL %s, ", m.Partitions, m.RawTopic, m.LeaseTTL)
+		if m.TopicStart == "cold" {
+			fmt.Fprintf(w, "cold start (-topic-cold): the time includes the consumers joining and the first rebalance.\n")
+		} else {
+			fmt.Fprintf(w, "warm start: the consumers joined and their leases were balanced before the entries appeared (one MULTI/EXEC of RENAMEs) and the clock started.\n")
+		}
 	}
 
 	if len(rep.Latency) > 0 {

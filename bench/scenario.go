@@ -26,9 +26,12 @@ const (
 	stxStateless = "stx-stateless"
 	stxStateful  = "stx-stateful"
 	stxKeyed     = "stx-keyed"
+	// On a partitioned topic (see topic.go).
+	rawALOTopic   = "raw-alo-topic"
+	stxTopicKeyed = "stx-topic-keyed"
 )
 
-var allScenarios = []string{rawALO, rawACK, stxStateless, stxStateful, stxKeyed}
+var allScenarios = []string{rawALO, rawACK, stxStateless, stxStateful, stxKeyed, rawALOTopic, stxTopicKeyed}
 
 var scenarioDesc = map[string]string{
 	rawALO:       "at-least-once loop: XREADGROUP COUNT b, then one pipeline of b XADDs + XACK (the baseline)",
@@ -36,10 +39,25 @@ var scenarioDesc = map[string]string{
 	stxStateless: "streamtx, HandlerFunc, 1 publish per entry",
 	stxStateful:  "streamtx, Stateful counter (one record shared by the group), 1 publish per entry",
 	stxKeyed:     "streamtx, Keyed counter over 1,000 keys, 1 publish per entry",
+	rawALOTopic: "raw-alo over the topic's P partition streams, each partition read by one consumer: with -raw-topic split (the default), " +
+		"consumer i reads the partitions p with p mod N = i in one XREADGROUP (COUNT b per stream) and acks them in one pipeline (the topic baseline)",
+	stxTopicKeyed: "streamtx on a topic of P partitions (Config.Topic), Keyed(name, nil, fn) counter over 1,000 keys, 1 publish per entry",
 }
 
 // isRaw reports whether the scenario is a hand-written loop, not streamtx.
-func isRaw(name string) bool { return name == rawALO || name == rawACK }
+func isRaw(name string) bool { return name == rawALO || name == rawACK || name == rawALOTopic }
+
+// isTopic reports whether the scenario consumes a partitioned topic.
+func isTopic(name string) bool { return name == rawALOTopic || name == stxTopicKeyed }
+
+// baseline returns the scenario a scenario's throughput is divided by: the
+// raw at-least-once loop over the same streams.
+func baseline(name string) string {
+	if isTopic(name) {
+		return rawALOTopic
+	}
+	return rawALO
+}
 
 // counter is the state of the Stateful and Keyed scenarios.
 type counter struct {
@@ -83,6 +101,7 @@ func (t *tracker) finished() bool {
 // eventCounts counts the streamtx events of a run other than commits.
 type eventCounts struct {
 	conflicts, fenced, retries, errors atomic.Int64
+	assigned, revoked                  atomic.Int64 // topics: partitions acquired and given up
 	mu                                 sync.Mutex
 	firstErr                           error
 }
@@ -98,13 +117,19 @@ func (c *eventCounts) error(err error) {
 
 // trial is one run of one scenario: its keys and its consumers' parameters.
 type trial struct {
+	scenario  string // set by prepare
 	rdb       *redis.Client
 	src, out  string
 	batch     int
 	consumers int
 	track     *tracker
 	events    *eventCounts
-	lat       *latencyRec // non-nil in the latency phase
+	// Topic scenarios: the topic (src is then unused), how raw-alo-topic
+	// splits it (-raw-topic), and Config.LeaseTTL (0: the default).
+	topic    *streamtx.Topic
+	rawTopic string
+	leaseTTL time.Duration
+	lat      *latencyRec // non-nil in the latency phase
 	// onCommit, when set, is called after every streamtx commit.
 	onCommit func(streamtx.Event)
 }
@@ -114,11 +139,17 @@ type trial struct {
 // return once ctx is cancelled, with their errors. Building comes first so
 // that the caller times only consuming.
 func (r *trial) prepare(scenario string) (func(ctx context.Context) (wait func() error), error) {
+	r.scenario = scenario
 	switch scenario {
 	case rawALO, rawACK:
 		publish := scenario == rawALO
 		return func(ctx context.Context) func() error {
-			return goAll(r.consumers, func(i int) error { return r.rawLoop(ctx, consumerName(i), publish) })
+			return goAll(r.consumers, func(i int) error { return r.rawLoop(ctx, consumerName(i), []string{r.src}, publish) })
+		}, nil
+	case rawALOTopic:
+		loops := r.rawTopicLoops()
+		return func(ctx context.Context) func() error {
+			return goAll(len(loops), func(i int) error { return r.rawLoop(ctx, loops[i].consumer, loops[i].streams, true) })
 		}, nil
 	}
 	h, err := r.handler(scenario)
@@ -131,14 +162,18 @@ func (r *trial) prepare(scenario string) (func(ctx context.Context) (wait func()
 	obs := streamtx.ObserverFunc(r.observe)
 	cs := make([]*streamtx.Consumer, r.consumers)
 	for i := range cs {
-		cs[i], err = streamtx.NewConsumer(r.rdb, streamtx.Config{
+		cfg := streamtx.Config{
 			Stream:    r.src,
 			Group:     group,
 			Consumer:  consumerName(i),
 			BatchSize: r.batch,
 			Block:     readBlock,
 			Observer:  obs,
-		}, h)
+		}
+		if r.topic != nil {
+			cfg.Stream, cfg.Topic, cfg.LeaseTTL = "", r.topic.Name(), r.leaseTTL
+		}
+		cs[i], err = streamtx.NewConsumer(r.rdb, cfg, h)
 		if err != nil {
 			return nil, err
 		}
@@ -183,6 +218,8 @@ func (r *trial) handler(scenario string) (streamtx.Handler, error) {
 		return streamtx.Stateful(stateName, count), nil
 	case stxKeyed:
 		return streamtx.Keyed(stateName, func(m *streamtx.Message) string { return m.Values["k"] }, count), nil
+	case stxTopicKeyed:
+		return streamtx.Keyed(stateName, nil, count), nil // keyed by the entry's key (stx.key)
 	}
 	return nil, fmt.Errorf("unknown scenario %q", scenario)
 }
@@ -201,6 +238,10 @@ func (r *trial) observe(e streamtx.Event) {
 		}
 	case streamtx.EventConflict:
 		r.events.conflicts.Add(1)
+	case streamtx.EventAssigned:
+		r.events.assigned.Add(1)
+	case streamtx.EventRevoked:
+		r.events.revoked.Add(1)
 	case streamtx.EventFenced:
 		r.events.fenced.Add(1)
 	case streamtx.EventRetry, streamtx.EventDeadLetter:
@@ -211,16 +252,28 @@ func (r *trial) observe(e streamtx.Event) {
 	}
 }
 
-// rawLoop is a hand-written consumer: XREADGROUP COUNT batch, then, in one
-// pipeline, one XADD per entry (when publish) and an XACK of the batch. It
-// returns when the run has acknowledged every entry or ctx is cancelled.
-func (r *trial) rawLoop(ctx context.Context, consumer string, publish bool) error {
+// rawLoop is a hand-written consumer of streams: XREADGROUP COUNT batch
+// over all of them in one call (COUNT is per stream), then, in one
+// pipeline, one XADD per entry (when publish) and an XACK per stream. It
+// returns when the run has acknowledged every entry or ctx is cancelled. A
+// consumer with no streams (more consumers than partitions) waits for that.
+func (r *trial) rawLoop(ctx context.Context, consumer string, streams []string, publish bool) error {
+	if len(streams) == 0 {
+		select {
+		case <-ctx.Done():
+		case <-r.track.done:
+		}
+		return nil
+	}
 	args := &redis.XReadGroupArgs{
 		Group:    group,
 		Consumer: consumer,
-		Streams:  []string{r.src, ">"},
 		Count:    int64(r.batch),
 		Block:    readBlock,
+	}
+	args.Streams = append(args.Streams, streams...)
+	for range streams {
+		args.Streams = append(args.Streams, ">")
 	}
 	for ctx.Err() == nil && !r.track.finished() {
 		res, err := r.rdb.XReadGroup(ctx, args).Result()
@@ -233,30 +286,43 @@ func (r *trial) rawLoop(ctx context.Context, consumer string, publish bool) erro
 			}
 			return fmt.Errorf("%s: XREADGROUP: %w", consumer, err)
 		}
-		if len(res) == 0 || len(res[0].Messages) == 0 {
+		n := 0
+		for _, s := range res {
+			n += len(s.Messages)
+		}
+		if n == 0 {
 			continue
 		}
-		msgs := res[0].Messages
-		ids := make([]string, len(msgs))
-		for i, m := range msgs {
-			ids[i] = m.ID
-			if r.lat != nil {
-				r.lat.read(m.ID, m.Values["t"])
+		ids := make([]string, 0, n)
+		for _, s := range res {
+			for _, m := range s.Messages {
+				ids = append(ids, m.ID)
+				if r.lat != nil {
+					r.lat.read(m.ID, m.Values["t"])
+				}
 			}
 		}
 		start := time.Now()
-		if publish {
+		if publish || len(res) > 1 {
 			pipe := r.rdb.Pipeline()
-			for _, m := range msgs {
-				pipe.XAdd(ctx, &redis.XAddArgs{
-					Stream: r.out,
-					Values: []any{"src", m.ID, "k", m.Values["k"], "v", m.Values["v"]},
-				})
+			first := 0
+			for _, s := range res {
+				if publish {
+					for _, m := range s.Messages {
+						pipe.XAdd(ctx, &redis.XAddArgs{
+							Stream: r.out,
+							Values: []any{"src", m.ID, "k", m.Values["k"], "v", m.Values["v"]},
+						})
+					}
+				}
+				if len(s.Messages) > 0 {
+					pipe.XAck(ctx, s.Stream, group, ids[first:first+len(s.Messages)]...)
+				}
+				first += len(s.Messages)
 			}
-			pipe.XAck(ctx, r.src, group, ids...)
 			_, err = pipe.Exec(ctx)
 		} else {
-			err = r.rdb.XAck(ctx, r.src, group, ids...).Err()
+			err = r.rdb.XAck(ctx, res[0].Stream, group, ids...).Err()
 		}
 		if err != nil {
 			return fmt.Errorf("%s: publish/ack: %w", consumer, err)
@@ -264,7 +330,7 @@ func (r *trial) rawLoop(ctx context.Context, consumer string, publish bool) erro
 		if r.lat != nil {
 			r.lat.committed(ids, time.Since(start))
 		}
-		r.track.add(len(msgs))
+		r.track.add(n)
 	}
 	return nil
 }
