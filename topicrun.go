@@ -51,6 +51,12 @@ type member struct {
 	mu    sync.Mutex
 	parts map[int]*owned // partitions with a running partition consumer
 
+	// soon, when positive, is how long until the next tick should run
+	// rather than a whole Heartbeat later: a lease another instance holds
+	// expires before then, or a partition assigned to this one is still
+	// being handed over. Set by tick, read by run (one goroutine).
+	soon time.Duration
+
 	exited chan *owned
 }
 
@@ -116,13 +122,17 @@ func (c *Consumer) openTopic(ctx context.Context) (*Topic, error) {
 
 func (m *member) run(ctx context.Context) error {
 	c := m.c
-	tick := time.NewTicker(c.cfg.Heartbeat)
-	defer tick.Stop()
+	// The next tick: a Heartbeat after the last one, or sooner when a lease
+	// of another instance expires before then or a hand-over is pending
+	// (see tick).
+	next := time.NewTimer(c.cfg.Heartbeat)
+	defer next.Stop()
 	defer m.leave()
 	fails := int64(0)
 	var fatal error
 	done := ctx.Done()
 	for fatal == nil {
+		m.soon = 0
 		if err := m.tick(ctx, ctx.Err() != nil); err != nil {
 			fails++
 			c.fault(err, nil, fails)
@@ -134,26 +144,45 @@ func (m *member) run(ctx context.Context) error {
 		if ctx.Err() != nil && m.count() == 0 {
 			return nil
 		}
+		d := c.cfg.Heartbeat
+		if m.soon > 0 && m.soon < d {
+			d = m.soon
+		}
+		next.Reset(d)
 		select {
 		case <-done:
 			m.stopAll()
 			done = nil
-		case <-tick.C:
+		case <-next.C:
 		case o := <-m.exited:
 			fatal = m.exit(ctx, o)
 		}
 	}
 	// A partition consumer failed for good: stop the others, then return.
 	m.stopAll()
+	next.Reset(c.cfg.Heartbeat)
 	for m.count() > 0 {
 		select {
 		case o := <-m.exited:
 			m.exit(ctx, o)
-		case <-tick.C:
+		case <-next.C:
 			_ = m.tick(ctx, true)
+			next.Reset(c.cfg.Heartbeat)
 		}
 	}
 	return fatal
+}
+
+// expirySlack is how long after a lease's expiry (by Redis's clock) a tick
+// scheduled for it runs, so that it finds the lease expired.
+const expirySlack = 5 * time.Millisecond
+
+// soonAfter notes that the next tick should come within d.
+func (m *member) soonAfter(d time.Duration) {
+	d = max(d, time.Millisecond)
+	if m.soon <= 0 || d < m.soon {
+		m.soon = d
+	}
 }
 
 // health returns the first partition consumer's failure, if any.
@@ -224,9 +253,16 @@ func (m *member) tick(ctx context.Context, stopping bool) error {
 	if err != nil {
 		return err
 	}
-	owners, err := m.readLeases(rctx, now)
+	owners, expiry, err := m.readLeases(rctx, now)
 	if err != nil {
 		return err
+	}
+	// A lease that another instance does not renew in time (it died, or is
+	// paused) is taken over right after it expires, not up to a Heartbeat
+	// later. A live instance renews its leases a Heartbeat apart, more than
+	// LeaseTTL/2 before they expire: this only fires for one that did not.
+	if expiry > 0 {
+		m.soonAfter(time.Duration(expiry-now)*time.Millisecond + expirySlack)
 	}
 	// Renew what is held; what is no longer ours is lost.
 	m.mu.Lock()
@@ -262,6 +298,11 @@ func (m *member) tick(ctx context.Context, stopping bool) error {
 		}
 	}
 	m.mu.Unlock()
+	if len(plan.Wait) > 0 {
+		// Another member hands partitions over at its next tick: look
+		// again well before ours.
+		m.soonAfter(max(c.cfg.Heartbeat/10, 10*time.Millisecond))
+	}
 	for _, p := range plan.Acquire {
 		if ctx.Err() != nil {
 			break
@@ -290,17 +331,19 @@ func (m *member) lose(o *owned) {
 	}
 }
 
-// readLeases returns the live owner of each partition ("" when free).
-func (m *member) readLeases(ctx context.Context, now int64) ([]string, error) {
+// readLeases returns the live owner of each partition ("" when free), and
+// the earliest expiry (ms, Redis's clock) of a live lease held by another
+// instance, 0 when there is none.
+func (m *member) readLeases(ctx context.Context, now int64) (owners []string, expiry int64, err error) {
 	pipe := m.c.rdb.Pipeline()
 	cmds := make([]*redis.SliceCmd, len(m.leaseKeys))
 	for p, k := range m.leaseKeys {
 		cmds[p] = pipe.HMGet(ctx, k, "owner", "until")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("streamtx: read leases: %w", err)
+		return nil, 0, fmt.Errorf("streamtx: read leases: %w", err)
 	}
-	owners := make([]string, len(cmds))
+	owners = make([]string, len(cmds))
 	for p, cmd := range cmds {
 		v := cmd.Val()
 		if len(v) != 2 {
@@ -311,9 +354,12 @@ func (m *member) readLeases(ctx context.Context, now int64) ([]string, error) {
 		until, _ := strconv.ParseInt(s, 10, 64)
 		if owner != "" && until > now {
 			owners[p] = owner
+			if owner != m.id && (expiry == 0 || until < expiry) {
+				expiry = until
+			}
 		}
 	}
-	return owners, nil
+	return owners, expiry, nil
 }
 
 // acquire takes partition p's lease if it is free and starts its consumer.
