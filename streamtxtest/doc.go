@@ -93,4 +93,28 @@
 // the holder of its lease. A Crash stops every partition consumer of the
 // instance at once. CheckReplaySafe takes a topic too, with
 // ReplayOptions.KeyField naming the field of each input that holds its key.
+//
+// # Publishing to other topics
+//
+// A handler that publishes by key to a topic (tx.PublishKeyed) needs the
+// topic to exist, as in production, where a publish to a topic nobody
+// created dead-letters its entry. Declare the topics it publishes to in
+// Options.Topics, with their partition counts, and read what was published
+// to one with PublishedKeyed — partition by partition, each oldest first
+// (every entry of a key is in the key's partition):
+//
+//	tt := streamtxtest.New(t, ship, streamtxtest.Options{Stream: "orders", Topics: map[string]int{"shipments": 3}})
+//	tt.Send(map[string]any{"customer": "c-1", "order": "o-1"})
+//	tt.Drain()
+//	got := tt.PublishedKeyed("shipments") // Message.Key "c-1", Message.Partition its partition
+//
+// On a shared Redis, New creates each topic under the test's prefix (Key),
+// and the Tester redirects its consumers' read of a topic's metadata record
+// (at the first tx.PublishKeyed to it) to the topic as stored: the handler
+// names the topic as it does in production, and what it publishes lands in
+// the stored topic's partitions, each key in the partition the topic's
+// partitioner gives it. A handler may publish by key to its own source
+// topic too (no declaration needed): those entries are consumed, and Drain
+// waits for them. A test that opens one of these topics itself, or puts
+// entries in it with a Producer on Client, names it with Key.
 package streamtxtest

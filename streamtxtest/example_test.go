@@ -78,3 +78,27 @@ func Example_topic() {
 	// apple: partition 1, {Left:2}
 	// pear: partition 3, {Left:2}
 }
+
+// A handler that publishes by key to another topic: the topic is declared
+// in Options.Topics, and what was published to it is read partition by
+// partition.
+func ExampleTester_PublishedKeyed() {
+	t := &testing.T{} // in a test: the test's t
+	ship := streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
+		return tx.PublishKeyed("shipments", msg.Values["customer"], map[string]any{"order": msg.Values["order"]})
+	})
+	tt := streamtxtest.New(t, ship, streamtxtest.Options{Stream: "orders", Topics: map[string]int{"shipments": 3}})
+	defer tt.Close()
+	tt.Send(map[string]any{"customer": "c-1", "order": "o-1"})
+	tt.Send(map[string]any{"customer": "c-2", "order": "o-2"})
+	tt.Send(map[string]any{"customer": "c-1", "order": "o-3"})
+	tt.Drain()
+
+	for _, m := range tt.PublishedKeyed("shipments") {
+		fmt.Printf("partition %d: %s %s\n", m.Partition, m.Key, m.Values["order"])
+	}
+	// Output:
+	// partition 1: c-2 o-2
+	// partition 2: c-1 o-1
+	// partition 2: c-1 o-3
+}

@@ -287,7 +287,9 @@ func (w *faultHandler) Handle(ctx context.Context, m *streamtx.Message, tx *txn.
 
 // hook is the Redis client hook of one consumer: it makes a crashed
 // consumer's commands fail, applies the faults armed for a commit, and on a
-// shared Redis stores published streams under the test's prefix.
+// shared Redis stores published streams under the test's prefix and reads
+// the topics the handler publishes to by key there (see
+// Tester.redirectTopicRead).
 type hook struct{ in *instance }
 
 func (h hook) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -315,6 +317,11 @@ func (h hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		if h.crashed() {
 			cmd.SetErr(errCrashed)
 			return errCrashed
+		}
+		if name := h.in.tt.redirectTopicRead(cmd); name != "" {
+			err := next(ctx, cmd)
+			h.in.tt.fixTopicReply(name, cmd)
+			return err
 		}
 		cm, ok := h.in.tt.parseCommit(cmd.Args())
 		if !ok {

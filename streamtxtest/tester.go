@@ -39,6 +39,15 @@ type Options struct {
 	// Partitions is the topic's partition count (with Topic only). Default
 	// 4.
 	Partitions int
+	// Topics are the other topics the handler publishes to by key
+	// (tx.PublishKeyed): topic name -> partition count (0: 4). New creates
+	// each one with streamtx.CreateTopic — on a shared Redis under the
+	// test's key prefix, with tx.PublishKeyed's reads of it redirected
+	// there (see "Publishing to other topics" in the package docs). Read
+	// what was published to one with PublishedKeyed. Default none: a
+	// tx.PublishKeyed to a topic that does not exist dead-letters its
+	// entry, as in production.
+	Topics map[string]int
 	// Group is the consumer group. Default "test".
 	Group string
 	// Consumer is the name of the consumer that Drain runs. Default
@@ -227,6 +236,10 @@ func newTester(t testing.TB, h streamtx.Handler, opts Options) *Tester {
 		}
 		tt.srcs = []source{{p: -1, stream: tt.stream, space: sp}}
 	}
+	if err := tt.createTopics(); err != nil {
+		tt.Close()
+		t.Fatalf("streamtxtest: %v", err)
+	}
 	// Validate the configuration now, where the test sets it up.
 	c, err := streamtx.NewConsumer(tt.admin, tt.config(opts.Consumer), tt.h)
 	if err != nil {
@@ -298,9 +311,11 @@ func globEscape(s string) string {
 
 // Key returns the name under which the key called name is stored: name
 // itself on miniredis, name under the test's prefix on a shared Redis. The
-// Tester applies it to the source stream and to every stream the handler
-// publishes to with tx.Publish; use it for keys a handler writes by other
-// means (see FromContext).
+// Tester applies it to the source stream, to every stream the handler
+// publishes to with tx.Publish and to the topics of Options.Topics; use it
+// for keys a handler writes by other means (see FromContext), and for a
+// topic the test opens or publishes to itself:
+// streamtx.OpenTopic(ctx, tt.Client(), tt.Key("shipments")).
 func (tt *Tester) Key(name string) string {
 	if tt.prefix == "" || strings.HasPrefix(name, tt.prefix) {
 		return name
@@ -464,12 +479,18 @@ func parseID(s string) ([2]uint64, bool) {
 func less(a, b [2]uint64) bool { return a[0] < b[0] || a[0] == b[0] && a[1] < b[1] }
 
 // Published returns the entries of stream (as the handler names it in
-// tx.Publish), oldest first. Message.Stream is the name as given.
+// tx.Publish), oldest first. Message.Stream is the name as given. It fails
+// the test when stream has no entries and names a topic: read a topic with
+// PublishedKeyed.
 func (tt *Tester) Published(stream string) []streamtx.Message {
 	tt.t.Helper()
-	ms, err := tt.admin.XRange(context.Background(), tt.Key(stream), "-", "+").Result()
+	ctx := context.Background()
+	ms, err := tt.admin.XRange(ctx, tt.Key(stream), "-", "+").Result()
 	if err != nil {
 		tt.t.Fatalf("streamtxtest: read %q: %v", stream, err)
+	}
+	if len(ms) == 0 && tt.isTopic(ctx, stream) {
+		tt.t.Fatalf("streamtxtest: Published(%q): %q is a topic: read what was published to it with PublishedKeyed(%q)", stream, stream, stream)
 	}
 	out := make([]streamtx.Message, len(ms))
 	for i, m := range ms {
