@@ -217,7 +217,7 @@ func (c *Consumer) fetchFenced(ctx context.Context, count int, block time.Durati
 		if err != nil {
 			return "", nil, err
 		}
-		top, entries, _, err := rdb.ParseClaim(reply)
+		top, entries, err := rdb.ParseRead(reply)
 		if err != nil {
 			return "", nil, err
 		}

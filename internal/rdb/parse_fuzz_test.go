@@ -328,3 +328,48 @@ func FuzzIDLess(f *testing.F) {
 		}
 	})
 }
+
+var readSeeds = []any{
+	[]any{"0-0"},
+	[]any{"", "1-1", int64(1), "f", "v"},
+	[]any{"", "1-1", int64(2), "stx.key", "k", "f", "v", "1-2", int64(0)},
+	[]any{"", "1-1", int64(2), "f", "v"}, // truncated
+	[]any{"", "1-1", int64(-1)},
+	[]any{"", "1-1"},
+	[]any{int64(0)},
+	[]any{},
+	"0-0",
+}
+
+func FuzzParseRead(f *testing.F) {
+	addTreeSeeds(f, readSeeds, claimSeeds)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		v := tree(data)
+		top, entries, err := rdb.ParseRead(v)
+		if err != nil {
+			if top != "" || entries != nil {
+				t.Fatalf("error %v with results %q %v", err, top, entries)
+			}
+			return
+		}
+		a := v.([]any)
+		if top != a[0].(string) {
+			t.Fatalf("%#v: top %q", v, top)
+		}
+		// The entries account for every item after the head.
+		n := 1
+		for _, e := range entries {
+			if e.ID != a[n].(string) || e.Deliveries != 1 {
+				t.Fatalf("%#v: entry %+v at %d", v, e, n)
+			}
+			k := a[n+1].(int64)
+			if int64(len(e.Values)) > k || (k > 0 && len(e.Values) == 0) {
+				t.Fatalf("%#v: %d fields parsed as %v", v, k, e.Values)
+			}
+			n += 2 + int(2*k)
+		}
+		if n != len(a) {
+			t.Fatalf("%#v: %d of %d items parsed", v, n, len(a))
+		}
+	})
+}

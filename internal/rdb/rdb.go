@@ -432,6 +432,38 @@ func ParseResult(v any) (Result, error) {
 	return r, nil
 }
 
+// ParseRead parses read.lua's flat reply: the stream's last ID when no
+// entry was read, and the entries (delivery count 1).
+func ParseRead(v any) (top string, entries []Entry, err error) {
+	a, ok := v.([]any)
+	if !ok || len(a) == 0 {
+		return "", nil, fmt.Errorf("rdb: unexpected read reply %T", v)
+	}
+	if top, ok = a[0].(string); !ok {
+		return "", nil, fmt.Errorf("rdb: unexpected read reply head %T", a[0])
+	}
+	for i := 1; i < len(a); {
+		if i+1 >= len(a) {
+			return "", nil, errors.New("rdb: truncated read reply")
+		}
+		id, ok1 := a[i].(string)
+		n, ok2 := a[i+1].(int64)
+		if !ok1 || !ok2 || n < 0 || n > int64(len(a)-i-2)/2 { // (no 2*n: it could overflow)
+			return "", nil, errors.New("rdb: malformed entry in read reply")
+		}
+		vals, err := Values(a[i+2 : i+2+int(2*n)])
+		if err != nil {
+			return "", nil, fmt.Errorf("rdb: entry %s: %w", id, err)
+		}
+		if entries == nil {
+			entries = make([]Entry, 0, 64)
+		}
+		entries = append(entries, Entry{ID: id, Deliveries: 1, Values: vals})
+		i += 2 + int(2*n)
+	}
+	return top, entries, nil
+}
+
 // ParseClaim parses claim.lua's {next, entries, deleted} reply.
 func ParseClaim(v any) (next string, entries []Entry, deleted []string, err error) {
 	a, ok := v.([]any)
