@@ -21,6 +21,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -43,6 +44,7 @@ type member struct {
 	c          *Consumer
 	topic      *Topic
 	id         string // instance ID
+	log        *slog.Logger
 	scripts    *rdb.Scripts
 	fenced     *rdb.Scripts
 	leaseKeys  []string
@@ -98,7 +100,7 @@ func (c *Consumer) runTopic(ctx context.Context) error {
 		m.leaseKeys = append(m.leaseKeys, space.Lease())
 	}
 	c.members.Store(m)
-	c.log = c.log.With("instance", m.id)
+	m.log = c.log.With("instance", m.id)
 	return m.run(ctx)
 }
 
@@ -223,13 +225,13 @@ func (m *member) exit(ctx context.Context, o *owned) error {
 	if lost == nil {
 		ok, err := m.lease(ctx, "release", o.p, o.epoch)
 		if err != nil {
-			m.c.log.Warn("streamtx: cannot release a partition's lease; it expires", "partition", o.p, "err", err, "ttl", m.c.cfg.LeaseTTL)
+			m.log.Warn("streamtx: cannot release a partition's lease; it expires", "partition", o.p, "err", err, "ttl", m.c.cfg.LeaseTTL)
 		} else if !ok {
 			lost = ErrLeaseLost
 		}
 	}
 	m.c.report(Event{Kind: EventRevoked, Stream: m.topic.Stream(o.p), Partition: o.p, Err: lost})
-	m.c.log.Info("streamtx: partition revoked", "partition", o.p, "epoch", o.epoch, "lost", lost)
+	m.log.Info("streamtx: partition revoked", "partition", o.p, "epoch", o.epoch, "lost", lost)
 	if o.err != nil && ctx.Err() == nil {
 		return fmt.Errorf("streamtx: partition %d (%q): %w", o.p, m.topic.Stream(o.p), o.err)
 	}
@@ -294,7 +296,7 @@ func (m *member) tick(ctx context.Context, stopping bool) error {
 		if o := m.parts[p]; o != nil && !o.releasing {
 			o.releasing = true
 			o.cancel()
-			c.log.Info("streamtx: handing a partition over", "partition", p, "to", target[p])
+			m.log.Info("streamtx: handing a partition over", "partition", p, "to", target[p])
 		}
 	}
 	m.mu.Unlock()
@@ -327,7 +329,7 @@ func (m *member) lose(o *owned) {
 	if o.lost == nil {
 		o.lost = ErrLeaseLost
 		o.cancel()
-		m.c.log.Warn("streamtx: partition lease lost (paused or cut off past LeaseTTL); stopping its consumer", "partition", o.p, "epoch", o.epoch)
+		m.log.Warn("streamtx: partition lease lost (paused or cut off past LeaseTTL); stopping its consumer", "partition", o.p, "epoch", o.epoch)
 	}
 }
 
@@ -381,7 +383,7 @@ func (m *member) acquire(ctx context.Context, p int) error {
 	if err != nil {
 		// Acquired, but cannot start: let the lease go.
 		if _, rerr := m.lease(ctx, "release", p, epoch); rerr != nil {
-			c.log.Warn("streamtx: cannot release a partition's lease; it expires", "partition", p, "err", rerr)
+			m.log.Warn("streamtx: cannot release a partition's lease; it expires", "partition", p, "err", rerr)
 		}
 		return err
 	}
@@ -393,7 +395,7 @@ func (m *member) acquire(ctx context.Context, p int) error {
 	m.mu.Unlock()
 	e, _ := strconv.ParseInt(epoch, 10, 64)
 	c.report(Event{Kind: EventAssigned, Stream: m.topic.Stream(p), Partition: p, Epoch: e})
-	c.log.Info("streamtx: partition assigned", "partition", p, "epoch", epoch)
+	m.log.Info("streamtx: partition assigned", "partition", p, "epoch", epoch)
 	go func() {
 		o.err = child.Run(cctx)
 		cancel()
@@ -419,7 +421,7 @@ func (m *member) leave() {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Heartbeat)
 	defer cancel()
 	if _, err := rdb.Run(ctx, c.rdb, m.scripts.Members, []string{m.membersKey}, "leave", m.id, 0); err != nil {
-		c.log.Warn("streamtx: cannot leave the membership; the heartbeat expires", "err", err)
+		m.log.Warn("streamtx: cannot leave the membership; the heartbeat expires", "err", err)
 	}
 }
 
@@ -430,7 +432,7 @@ func (m *member) partitionConsumer(ctx context.Context, p int, epoch string) (*C
 	cfg.Topic = ""
 	cfg.Stream = m.topic.Stream(p)
 	cfg.Consumer = partitionConsumerName
-	cfg.Logger = c.log.With("partition", p, "epoch", epoch)
+	cfg.Logger = m.log.With("partition", p, "epoch", epoch)
 	child, err := NewConsumer(c.rdb, cfg, c.orig)
 	if err != nil {
 		return nil, err
