@@ -206,3 +206,64 @@ func TestTopicCommitSentAgainIsCommitted(t *testing.T) {
 	require.Equal(t, 1, proxy.Fired(), "a commit's reply was lost")
 	require.Zero(t, bad.Load(), "fenced or error events")
 }
+
+// A lease this instance holds with no consumer running (its acquisition's
+// reply was lost) is acquired again at the next heartbeat, not left idle
+// until it expires.
+func TestTopicLeaseHeldWithoutConsumerIsAcquiredAgain(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	o := newOrderRun(t, e, 2, 4, 0)
+	own := newOwners()
+	run(t, o.consumer(t, "a", o.handler(t, 0), func(c *streamtx.Config) {
+		c.Observer = own
+		c.LeaseTTL = time.Hour // an expiry would hide the fault
+		c.Heartbeat = 50 * time.Millisecond
+	}))
+	own.balanced(t, 2, "a")
+	// Partition 1's consumer stops as after a lost acquisition reply: the
+	// lease stays this instance's, no consumer runs. Simulate it by handing
+	// the lease, under this instance's ID, a new epoch its consumer does
+	// not hold: the consumer is fenced out and stops; the lease stays.
+	lease := leaseKey(t, o.topic, o.group, 1)
+	owner, err := e.rdb.HGet(ctx, lease, "owner").Result()
+	require.NoError(t, err)
+	require.NoError(t, e.rdb.HIncrBy(ctx, lease, "epoch", 1).Err())
+	eventually(t, "partition 1 revoked and assigned again", func() bool {
+		own.mu.Lock()
+		defer own.mu.Unlock()
+		return own.lost > 0 && own.owner[1] == "a"
+	})
+	now, err := e.rdb.HGet(ctx, lease, "owner").Result()
+	require.NoError(t, err)
+	require.Equal(t, owner, now, "the same instance holds it")
+	o.n, o.keys = 40, 4
+	prod, err := streamtx.NewProducer(e.rdb, streamtx.ProducerConfig{})
+	require.NoError(t, err)
+	for i := range 40 {
+		_, err := prod.PublishKeyed(ctx, o.topic.Name(), "key-"+strconv.Itoa(i%4), map[string]any{"seq": i/4 + 1})
+		require.NoError(t, err)
+	}
+	o.check(t)
+}
+
+// A partition stream deleted under its consumer (and its group with it) is
+// created again, and what is published afterwards is consumed, in order.
+func TestTopicPartitionStreamDeletedIsCreatedAgain(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	o := newOrderRun(t, e, 1, 2, 20)
+	run(t, o.consumer(t, "a", o.handler(t, 0), nil))
+	o.check(t)
+	require.NoError(t, e.rdb.Del(ctx, o.topic.Stream(0)).Err())
+	prod, err := streamtx.NewProducer(e.rdb, streamtx.ProducerConfig{})
+	require.NoError(t, err)
+	for i := 20; i < 40; i++ {
+		_, err := prod.PublishKeyed(ctx, o.topic.Name(), "key-"+strconv.Itoa(i%2), map[string]any{"seq": i/2 + 1, "i": i})
+		require.NoError(t, err)
+	}
+	o.n = 40
+	o.check(t)
+}

@@ -305,7 +305,19 @@ func (m *member) tick(ctx context.Context, stopping bool) error {
 		// again well before ours.
 		m.soonAfter(max(c.cfg.Heartbeat/10, 10*time.Millisecond))
 	}
-	for _, p := range plan.Acquire {
+	acquire := plan.Acquire
+	for p, owner := range current {
+		// A lease this instance holds with no consumer running: an
+		// acquisition whose reply was lost. Acquire it again (a new epoch)
+		// rather than leave the partition idle until the lease expires.
+		m.mu.Lock()
+		idle := owner == m.id && target[p] == m.id && m.parts[p] == nil
+		m.mu.Unlock()
+		if idle {
+			acquire = append(acquire, p)
+		}
+	}
+	for _, p := range acquire {
 		if ctx.Err() != nil {
 			break
 		}
