@@ -510,3 +510,49 @@ func TestTopicLostCommitsAreTakenBackInOrder(t *testing.T) {
 	}
 	require.Equal(t, []string{"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"}, got)
 }
+
+// A failing entry holds back only the later entries of its own key: the
+// other keys of its partition flow past it, and its key resumes in order
+// once it succeeds.
+func TestTopicFailingEntryHoldsBackOnlyItsKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	o := newOrderRun(t, e, 1, 2, 0)
+	var healed atomic.Bool
+	base := o.handler(t, 0)
+	fail := func(next streamtx.Handler) streamtx.Handler {
+		return streamtx.HandlerFunc(func(ctx context.Context, msg *streamtx.Message, tx *txn.Tx) error {
+			if msg.Key == "key-0" && msg.Values["seq"] == "1" && !healed.Load() {
+				return errors.New("key-0's first entry fails until healed")
+			}
+			return next.Handle(ctx, msg, tx)
+		})
+	}
+	run(t, o.consumer(t, "a", base, func(c *streamtx.Config) {
+		c.Middleware = []streamtx.Middleware{fail}
+		c.MaxDeliveries = 1000
+		c.Backoff = func(*streamtx.Message, error) time.Duration { return 5 * time.Millisecond }
+	}))
+	prod, err := streamtx.NewProducer(e.rdb, streamtx.ProducerConfig{})
+	require.NoError(t, err)
+	publish := func(key string, seq int) {
+		_, err := prod.PublishKeyed(ctx, o.topic.Name(), key, map[string]any{"seq": seq})
+		require.NoError(t, err)
+	}
+	publish("key-0", 1)
+	for seq := 1; seq <= 10; seq++ {
+		publish("key-1", seq)
+		publish("key-0", seq+1)
+	}
+	eventually(t, "key-1's entries committed past key-0's failing one", func() bool {
+		return len(e.entries(o.out)) == 10
+	})
+	for _, m := range e.entries(o.out) {
+		require.Equal(t, "key-1", m.Values["key"], "only key-1 may pass while key-0's first entry fails")
+	}
+	healed.Store(true)
+	publish("key-1", 11)
+	o.n, o.keys = 22, 2
+	o.check(t)
+}
