@@ -31,6 +31,9 @@ if op == 'acquire' then
   redis.call('HSET', key, 'owner', me, 'until', tostring(now + tonumber(ARGV[4])))
   return {1, tostring(e)}
 end
+if op == 'release' and owner == '' and epoch == held then
+  return 1 -- released already: a retry after the reply was lost
+end
 if owner ~= me or epoch ~= held then
   return 0
 end
