@@ -26,9 +26,9 @@ type Message struct {
 	// (Producer.PublishKeyed, tx.PublishKeyed): the value of its reserved
 	// field "stx.key", which Values holds too. "" for an entry without one.
 	Key string
-	// Partition is the topic partition the entry was read from, or -1 when
-	// the consumer reads a plain stream (Config.Stream) — which every
-	// consumer does for now, a partition stream included.
+	// Partition is the topic partition the entry was read from (a consumer
+	// with Config.Topic), or -1 when the consumer reads a plain stream
+	// (Config.Stream), even a partition's stream.
 	Partition int
 
 	attempts int // handler runs on this delivery, counted only with Config.Tracing

@@ -42,9 +42,9 @@ type TopicConfig struct {
 // partitioner that sends every entry of one key to one of them (see
 // PartitionOf). A Topic is immutable and safe for concurrent use.
 //
-// Consuming a topic — partitions owned by one consumer of a group at a time,
-// per-key order — is not built yet: for now a Consumer reads one partition
-// stream as a plain stream (Config.Stream = t.Stream(p)).
+// A Consumer with Config.Topic consumes a topic: its group's consumers share
+// the partitions, each owned by one of them at a time under a fenced lease,
+// and the entries of each key are applied in order (see the package docs).
 //
 // # Names
 //
