@@ -24,21 +24,32 @@
 //     data; replay (selected or all) and purge, each behind a confirmation
 //     page and a POST.
 //   - State: a state record as JSON, with version and last entry ID.
+//   - Topic: per consumer group, each partition's stream (linking to its
+//     group page), lease owner, epoch and time left, lag and pending; and
+//     the group's members. The overview lists each topic's groups with
+//     their lag and pending summed over the partitions and how many
+//     partitions are owned (under a live lease). Topics are read-only.
 //
 // # Which streams
 //
-// Options.Streams names them; when it is empty, the console finds every key
-// of type stream (SCAN … TYPE stream, on every master of a cluster) matching
-// Options.Match, every Options.DiscoverInterval. Keys under "stx:" are
+// Options.Streams and Options.Topics name them; when both are empty, the
+// console finds every key of type stream (SCAN … TYPE stream, on every
+// master of a cluster) matching Options.Match, and every topic whose name
+// matches it (SCAN MATCH stx:{<Match>}:topic TYPE string: the topics'
+// metadata records), every Options.DiscoverInterval. Keys under "stx:" are
 // streamtx's own (dead letters, outboxes) and are not listed as streams: a
-// group's dead letters are shown with the group.
+// group's dead letters are shown with the group. A topic's partition
+// streams are shown with the topic, not as streams of their own.
 //
 // # Load on Redis
 //
 // One goroutine owned by the Console (started by New, stopped by Close)
-// inspects each stream with streamtx.Inspect once per Options.Interval, and
-// every page is rendered from that shared snapshot, however many viewers
-// there are; it also keeps each group's lag and pending count over the last
+// inspects each topic with streamtx.InspectTopic (GET of its metadata
+// record, Inspect of each partition, TIME, ZRANGE of each group's members
+// and HGETALL of each lease) and each other stream with streamtx.Inspect
+// once per Options.Interval, and every page is rendered from that shared
+// snapshot, however many viewers there are (the topic page sends nothing);
+// it also keeps each group's lag and pending count over the last
 // Options.History for the charts. Lists are read live, one page per request:
 // pending entries with XPENDING start/count, dead letters with XRANGE count
 // (a filtered list reads at most 1,000 dead letters per page). No request
@@ -46,7 +57,7 @@
 // replay and purge of streamtx.ReplayDeadLetters and PurgeDeadLetters (the
 // same calls as `streamtx dlq replay|purge`); names and IDs from a request
 // are checked first: a stream must be one the console lists and a group one
-// of its groups.
+// of its groups, a topic one the console lists.
 //
 // # Safety
 //
@@ -82,16 +93,21 @@ type Options struct {
 	// Default "": the root.
 	RootPath string
 
-	// Streams lists the streams to show. Default: every stream key matching
-	// Match, found with SCAN.
+	// Streams lists the streams to show. Default (when Topics is empty
+	// too): every stream key matching Match, found with SCAN.
 	Streams []string
-	// Match is the SCAN MATCH pattern of the streams to show when Streams
-	// is empty. Default "*".
+	// Topics lists the topics to show. Default (when Streams is empty
+	// too): every topic whose name matches Match, found with SCAN; when
+	// Streams is set, none.
+	Topics []string
+	// Match is the SCAN MATCH pattern of the streams and of the topic
+	// names to show when Streams and Topics are empty. Default "*".
 	Match string
 	// DiscoverInterval is how often the keyspace is scanned for streams
-	// when Streams is empty. Default 1m.
+	// and topics when Streams and Topics are empty. Default 1m.
 	DiscoverInterval time.Duration
-	// MaxStreams bounds the streams shown (and inspected). Default 1000.
+	// MaxStreams bounds the streams shown (and inspected), and, apart, the
+	// topics. Default 1000.
 	MaxStreams int
 
 	// Interval is how often each stream is inspected (and how often the
@@ -193,6 +209,11 @@ func (o *Options) setDefaults() error {
 	for _, s := range o.Streams {
 		if !validName(s) {
 			return fmt.Errorf("%w: stream name %q", ErrOptions, s)
+		}
+	}
+	for _, s := range o.Topics {
+		if !validName(s) || strings.ContainsAny(s, "{}") {
+			return fmt.Errorf("%w: topic name %q", ErrOptions, s)
 		}
 	}
 	if o.Match == "" {

@@ -564,13 +564,16 @@ func TestRequestsSendOnlyWhatPagesNeed(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	stream, _ := f.orders()
+	top, _ := f.topic(f.p+"topic", 3, "b1/0123456789abcdef")
 	con, b := f.console(Options{})
 	_, _ = b.get("/")
 	con.Close()
 	f.rec.take()
 	g := url.Values{"stream": {stream}, "group": {"audit"}}
+	tg := url.Values{"stream": {top.Stream(0)}, "group": {"billing"}}
 	for _, p := range []string{"/", "/group?" + g.Encode(), "/dlq?" + g.Encode(), "/dlq?q=x&" + g.Encode(),
-		"/dlq/show?id=1000-1&" + g.Encode(), "/state?name=totals&" + g.Encode(), "/state?name=stock&key=sku1&" + g.Encode()} {
+		"/dlq/show?id=1000-1&" + g.Encode(), "/state?name=totals&" + g.Encode(), "/state?name=stock&key=sku1&" + g.Encode(),
+		"/topic?name=" + url.QueryEscape(top.Name()), "/group?" + tg.Encode(), "/dlq?" + tg.Encode()} {
 		code, body := b.get(p)
 		require.Equal(t, http.StatusOK, code, "%s: %s", p, body)
 	}
@@ -578,7 +581,7 @@ func TestRequestsSendOnlyWhatPagesNeed(t *testing.T) {
 	b.confirmAndPost(stream, "audit", "purge", "1000-2")
 	b.confirmAndPost(stream, "audit", "replay-all")
 	allowed := []string{
-		"TIME", "XPENDING", "XRANGE", "GET", // pages
+		"TIME", "XPENDING", "XRANGE", "GET", // pages; the topic page sends nothing
 		"EVALSHA", "EVAL", "XDEL", "XTRIM", // replay and purge, as streamtx does them
 		"XINFO STREAM", "XINFO GROUPS", "XINFO CONSUMERS", "HGETALL", "XLEN", // Inspect after an action
 	}
@@ -684,6 +687,8 @@ func TestOptions(t *testing.T) {
 		{Username: "u"},
 		{Password: "p"},
 		{Streams: []string{"a\nb"}},
+		{Topics: []string{"a{b}"}},
+		{Topics: []string{""}},
 	} {
 		_, err := New(rdb, o)
 		assert.ErrorIs(t, err, ErrOptions, "%+v", o)

@@ -53,6 +53,7 @@ type overviewRow struct {
 type overviewPage struct {
 	At          time.Time
 	Rows        []overviewRow
+	Topics      []topicRow
 	DiscoverErr string
 	Source      string // how streams were found
 	Window      time.Duration
@@ -76,12 +77,16 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := overviewPage{At: snap.At, DiscoverErr: snap.DiscoverErr, Window: c.opts.History}
-	if len(c.opts.Streams) > 0 {
-		p.Source = fmt.Sprintf("%d configured streams", len(c.opts.Streams))
+	if c.opts.configured() {
+		p.Source = fmt.Sprintf("%d configured streams, %d configured topics", len(c.opts.Streams), len(c.opts.Topics))
 	} else {
-		p.Source = fmt.Sprintf("streams matching %q, found with SCAN every %s", c.opts.Match, fmtDuration(c.opts.DiscoverInterval))
+		p.Source = fmt.Sprintf("streams and topics matching %q, found with SCAN every %s", c.opts.Match, fmtDuration(c.opts.DiscoverInterval))
 	}
+	p.Topics = c.topicRows(snap)
 	for _, ss := range snap.Streams {
+		if ss.kind == kindPartition {
+			continue // on its topic's row
+		}
 		if ss.Info == nil {
 			p.Rows = append(p.Rows, overviewRow{Stream: ss.Name, kind: ss.kind, Err: ss.Err, Level: levelAlert,
 				Reasons: []string{"inspect failed"}})
@@ -128,6 +133,11 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		return cmp.Or(strings.Compare(a.Stream, b.Stream), strings.Compare(a.Group, b.Group)) < 0
 	})
 	for _, row := range p.Rows {
+		if row.Level == levelAlert {
+			p.Alerts++
+		}
+	}
+	for _, row := range p.Topics {
 		if row.Level == levelAlert {
 			p.Alerts++
 		}
@@ -311,8 +321,11 @@ func (c *Console) group(w http.ResponseWriter, r *http.Request) {
 		p.TrimWhy = fmt.Sprintf("the entry after its last-delivered ID %s: it has not read further (lag %s)",
 			t.G.LastDeliveredID, fmtNum(t.G.Lag))
 	}
-	c.render(w, http.StatusOK, "group", layoutData{Title: t.Group + " on " + t.Stream, Page: p,
-		Crumbs: []crumb{{t.Stream + " / " + t.Group, ""}}})
+	crumbs := []crumb{{t.Stream + " / " + t.Group, ""}}
+	if ss := t.snap.stream(t.Stream); ss != nil && ss.kind == kindPartition {
+		crumbs = append([]crumb{{"topic " + ss.Topic, c.link("/topic", "name", ss.Topic)}}, crumbs...)
+	}
+	c.render(w, http.StatusOK, "group", layoutData{Title: t.Group + " on " + t.Stream, Page: p, Crumbs: crumbs})
 }
 
 // idAge is now minus the millisecond part of id; 0 if in the future.

@@ -24,7 +24,7 @@ type pages struct {
 	byName map[string]*template.Template
 }
 
-var pageNames = []string{"overview", "group", "dlq", "dlqshow", "confirm", "state", "error"}
+var pageNames = []string{"overview", "group", "dlq", "dlqshow", "confirm", "state", "topic", "error"}
 
 func parsePages() (*pages, error) {
 	p := &pages{byName: map[string]*template.Template{}}
@@ -106,6 +106,7 @@ func (c *Console) routes() {
 	m.HandleFunc("POST /dlq/replay", c.action)
 	m.HandleFunc("POST /dlq/purge", c.action)
 	m.HandleFunc("GET /state", c.state)
+	m.HandleFunc("GET /topic", c.topic)
 	static, _ := fs.Sub(staticFS, "static")
 	m.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 	c.mux = m

@@ -15,26 +15,24 @@ import (
 	"github.com/streamtx/streamtx"
 )
 
-// kind is what an overview row shows. Streams are the only kind today.
-//
-// Seam for topics (partitioned streams, see DESIGN.md): a topic will be a
-// kind of its own, discovered from its metadata record rather than by SCAN,
-// whose partitions are ordinary streams. The sampler will inspect each
-// partition like a stream, and a topic's snapshot will add its partitions'
-// figures up per group (lag and pending summed, the oldest pending entry the
-// oldest of all), keep the per-partition StreamInfos for the group page
-// (partition owners and lease epochs go there), and exclude the partition
-// streams from the plain stream rows.
+// kind is what a streamSnap is: a plain stream, or a partition of a topic.
 type kind string
 
-// kindStream is a plain stream.
-const kindStream kind = "stream"
+const (
+	// kindStream is a plain stream: a row of its own on the overview.
+	kindStream kind = "stream"
+	// kindPartition is a partition stream of a topic, inspected with it by
+	// InspectTopic: it is shown on the topic's row and page, not as a
+	// stream row, and its group pages work like a stream's.
+	kindPartition kind = "partition"
+)
 
 // snapshot is what the sampler saw at one time. It is never modified once
 // published: a refresh makes a new one.
 type snapshot struct {
 	At      time.Time
-	Streams []*streamSnap // sorted by name
+	Streams []*streamSnap // sorted by name; with the topics' partitions
+	Topics  []*topicSnap  // sorted by name
 	// DiscoverErr is the last discovery's error, "" when it worked.
 	DiscoverErr string
 }
@@ -44,6 +42,24 @@ type streamSnap struct {
 	kind kind
 	Info *streamtx.StreamInfo // nil when Err is set
 	Err  string
+	// Topic and Partition locate a kindPartition stream.
+	Topic     string
+	Partition int
+}
+
+// topicSnap is InspectTopic's reading of one topic.
+type topicSnap struct {
+	Name string
+	Info *streamtx.TopicInfo // nil when Err is set
+	Err  string
+}
+
+func (s *snapshot) topic(name string) *topicSnap {
+	i, ok := slices.BinarySearchFunc(s.Topics, name, func(x *topicSnap, n string) int { return strings.Compare(x.Name, n) })
+	if !ok {
+		return nil
+	}
+	return s.Topics[i]
 }
 
 func (s *snapshot) stream(name string) *streamSnap {
@@ -90,6 +106,7 @@ type sampler struct {
 
 	sampleMu     sync.Mutex // one sample or refresh at a time
 	streams      []string   // discovered; under sampleMu
+	topics       []string   // discovered; under sampleMu
 	discoverErr  string     // under sampleMu
 	lastDiscover time.Time  // under sampleMu
 
@@ -138,29 +155,61 @@ func (s *sampler) history(stream, group string) []point {
 	return slices.Clone(s.hist[groupKey{stream, group}])
 }
 
-// sample discovers the streams when due, inspects each and publishes the
-// snapshot.
+// configured reports whether Options name the streams and topics to show
+// (then nothing is discovered).
+func (o *Options) configured() bool { return len(o.Streams) > 0 || len(o.Topics) > 0 }
+
+// sample discovers the streams and topics when due, inspects each and
+// publishes the snapshot.
 func (s *sampler) sample(ctx context.Context) {
 	s.sampleMu.Lock()
 	defer s.sampleMu.Unlock()
 	now := s.now()
-	if len(s.opts.Streams) > 0 {
-		s.streams = s.opts.Streams
+	if s.opts.configured() {
+		s.streams, s.topics = s.opts.Streams, s.opts.Topics
 	} else if s.lastDiscover.IsZero() || now.Sub(s.lastDiscover) >= s.opts.DiscoverInterval {
 		names, err := discover(ctx, s.rdb, s.opts.Match, s.opts.MaxStreams)
+		var topics []string
+		if err == nil {
+			topics, err = discoverTopics(ctx, s.rdb, s.opts.Match, s.opts.MaxStreams)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			s.log.Warn("console: discovering streams", "match", s.opts.Match, "err", err)
+			s.log.Warn("console: discovering streams and topics", "match", s.opts.Match, "err", err)
 			s.discoverErr = err.Error()
 		} else {
-			s.streams, s.discoverErr = names, ""
+			s.streams, s.topics, s.discoverErr = names, topics, ""
 		}
 		s.lastDiscover = now
 	}
 	snap := &snapshot{At: now, DiscoverErr: s.discoverErr}
+	partitions := map[string]bool{}
+	for _, name := range s.topics {
+		ts := s.inspectTopic(ctx, name)
+		if ctx.Err() != nil {
+			return // stopping: publish nothing half done
+		}
+		if ts == nil {
+			continue
+		}
+		snap.Topics = append(snap.Topics, ts)
+		if ts.Info == nil {
+			continue
+		}
+		for p, info := range ts.Info.Inspected {
+			if info != nil && !partitions[info.Stream] {
+				partitions[info.Stream] = true
+				snap.Streams = append(snap.Streams, &streamSnap{Name: info.Stream, kind: kindPartition, Info: info,
+					Topic: ts.Name, Partition: p})
+			}
+		}
+	}
 	for _, name := range s.streams {
+		if partitions[name] {
+			continue // inspected with its topic
+		}
 		ss := s.inspect(ctx, name)
 		if ctx.Err() != nil {
 			return // stopping: publish nothing half done
@@ -172,6 +221,22 @@ func (s *sampler) sample(ctx context.Context) {
 	s.publish(snap, true)
 }
 
+// inspectTopic inspects one topic and its partitions, bounded by Interval.
+// It returns nil for a discovered topic that is gone.
+func (s *sampler) inspectTopic(ctx context.Context, name string) *topicSnap {
+	ictx, cancel := context.WithTimeout(ctx, s.opts.Interval)
+	defer cancel()
+	info, err := streamtx.InspectTopic(ictx, s.rdb, name)
+	ts := &topicSnap{Name: name, Info: info}
+	if err != nil {
+		if errors.Is(err, streamtx.ErrTopicNotFound) && !s.opts.configured() {
+			return nil
+		}
+		ts.Info, ts.Err = nil, err.Error()
+	}
+	return ts
+}
+
 // inspect inspects one stream, bounded by Interval. It returns nil for a
 // discovered stream that is gone.
 func (s *sampler) inspect(ctx context.Context, name string) *streamSnap {
@@ -180,7 +245,7 @@ func (s *sampler) inspect(ctx context.Context, name string) *streamSnap {
 	info, err := streamtx.Inspect(ictx, s.rdb, name)
 	ss := &streamSnap{Name: name, kind: kindStream, Info: info}
 	if err != nil {
-		if errors.Is(err, streamtx.ErrStreamNotFound) && len(s.opts.Streams) == 0 {
+		if errors.Is(err, streamtx.ErrStreamNotFound) && !s.opts.configured() {
 			return nil
 		}
 		ss.Info, ss.Err = nil, err.Error()
@@ -200,9 +265,12 @@ func (s *sampler) refreshStream(ctx context.Context, name string) {
 	if old == nil {
 		return
 	}
-	snap := &snapshot{At: old.At, DiscoverErr: old.DiscoverErr}
+	snap := &snapshot{At: old.At, DiscoverErr: old.DiscoverErr, Topics: old.Topics}
 	for _, x := range old.Streams {
 		if x.Name == name {
+			if ss != nil {
+				ss.kind, ss.Topic, ss.Partition = x.kind, x.Topic, x.Partition
+			}
 			x = ss
 		}
 		if x != nil {
@@ -216,6 +284,7 @@ func (s *sampler) refreshStream(ctx context.Context, name string) {
 // sample per group and forgets samples older than History.
 func (s *sampler) publish(snap *snapshot, record bool) {
 	sort.Slice(snap.Streams, func(i, j int) bool { return snap.Streams[i].Name < snap.Streams[j].Name })
+	sort.Slice(snap.Topics, func(i, j int) bool { return snap.Topics[i].Name < snap.Topics[j].Name })
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.snap = snap
@@ -290,4 +359,70 @@ func discover(ctx context.Context, rdb redis.UniversalClient, match string, limi
 		names = names[:limit]
 	}
 	return names, nil
+}
+
+// Topic metadata records are "stx:{<topic>}:topic" (partition.MetaKey).
+const (
+	topicKeyPrefix = "stx:{"
+	topicKeySuffix = "}:topic"
+)
+
+// discoverTopics returns the topics whose name matches match, found by
+// their metadata records (SCAN MATCH stx:{<match>}:topic TYPE string),
+// sorted, at most limit of them; on every master of a cluster.
+func discoverTopics(ctx context.Context, rdb redis.UniversalClient, match string, limit int) ([]string, error) {
+	var mu sync.Mutex
+	set := map[string]bool{}
+	pattern := topicKeyPrefix + match + topicKeySuffix
+	scan := func(ctx context.Context, c redis.Cmdable) error {
+		var cursor uint64
+		for {
+			keys, next, err := c.ScanType(ctx, cursor, pattern, 1000, "string").Result()
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			for _, k := range keys {
+				if name, ok := topicOfKey(k); ok {
+					set[name] = true
+				}
+			}
+			mu.Unlock()
+			if cursor = next; cursor == 0 {
+				return nil
+			}
+		}
+	}
+	var err error
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return scan(ctx, node) })
+	} else {
+		err = scan(ctx, rdb)
+	}
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(set))
+	for k := range set {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	if len(names) > limit {
+		names = names[:limit]
+	}
+	return names, nil
+}
+
+// topicOfKey returns the topic whose metadata record is key, if key is one:
+// a topic name holds no brace.
+func topicOfKey(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, topicKeyPrefix)
+	if !ok {
+		return "", false
+	}
+	name, ok := strings.CutSuffix(rest, topicKeySuffix)
+	if !ok || strings.ContainsAny(name, "{}") || !validName(name) {
+		return "", false
+	}
+	return name, true
 }
