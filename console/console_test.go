@@ -636,8 +636,8 @@ func TestStatePage(t *testing.T) {
 }
 
 func TestCloseLeavesNoGoroutine(t *testing.T) {
+	f := newFixture(t) // first: it may start the shared redis-server, whose watcher outlives the test
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	f := newFixture(t)
 	f.addEntries(f.p+"s", 1)
 	rdb := redis.NewClient(&redis.Options{Addr: f.rdb.Options().Addr})
 	defer rdb.Close()
