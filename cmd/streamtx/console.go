@@ -29,10 +29,11 @@ who and what. Ctrl-C stops it.
 `
 
 func runConsole(ctx context.Context, c *cli, args []string) error {
-	f := c.newFlags("console [--listen ADDR] [--read-only] [--streams S1,S2] [--match PATTERN] [--interval D] [--root PATH]", consoleHelp)
+	f := c.newFlags("console [--listen ADDR] [--read-only] [--streams S1,S2] [--topics T1,T2] [--match PATTERN] [--interval D] [--root PATH]", consoleHelp)
 	listen := f.String("listen", "127.0.0.1:8080", "serve on `ADDR` (host:port)")
 	readOnly := f.Bool("read-only", false, "refuse replay and purge")
 	streams := f.String("streams", "", "show only these streams (`LIST`, comma-separated); default: every stream key, found with SCAN")
+	topics := f.String("topics", "", "show only these topics (`LIST`, comma-separated); with --streams or --topics nothing is scanned")
 	match := f.String("match", "", "show the streams whose keys match `PATTERN` (SCAN MATCH); default *")
 	interval := f.Duration("interval", 0, "inspect every stream every `D` (default 5s)")
 	root := f.String("root", "", "serve under `PATH` (e.g. /streamtx) instead of /")
@@ -45,13 +46,7 @@ func runConsole(ctx context.Context, c *cli, args []string) error {
 		BearerToken: c.env("STREAMTX_CONSOLE_TOKEN"),
 		Logger:      slog.New(slog.NewTextHandler(c.stderr, nil)),
 	}
-	if *streams != "" {
-		for _, s := range strings.Split(*streams, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				opts.Streams = append(opts.Streams, s)
-			}
-		}
-	}
+	opts.Streams, opts.Topics = splitList(*streams), splitList(*topics)
 	if *user != "" {
 		opts.Username, opts.Password = *user, c.env("STREAMTX_CONSOLE_PASSWORD")
 		if opts.Password == "" {
@@ -106,4 +101,15 @@ func loopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }

@@ -5,12 +5,15 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/streamtx/streamtx"
 )
 
 func TestConsole(t *testing.T) {
@@ -19,13 +22,16 @@ func TestConsole(t *testing.T) {
 	s := f.p + "s"
 	f.addIDs(s, seq(1, 3)...)
 	require.NoError(t, f.rdb.XGroupCreate(f.ctx, s, "g", "0").Err())
+	top, err := streamtx.CreateTopic(f.ctx, f.rdb, f.p+"t", streamtx.TopicConfig{Partitions: 2})
+	require.NoError(t, err)
+	require.NoError(t, f.rdb.XGroupCreateMkStream(f.ctx, top.Stream(0), "tg", "0").Err())
 
 	ctx, cancel := context.WithCancel(f.ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"console", "--listen", "127.0.0.1:0", "--streams", s, "--root", "/stx", "--read-only"}, pw, io.Discard, f.getenv)
+		done <- run(ctx, []string{"console", "--listen", "127.0.0.1:0", "--streams", s, "--topics", top.Name(), "--root", "/stx", "--read-only"}, pw, io.Discard, f.getenv)
 		pw.Close()
 	}()
 	line, err := bufio.NewReader(pr).ReadString('\n')
@@ -42,6 +48,7 @@ func TestConsole(t *testing.T) {
 	assert.Equal(t, http.StatusOK, res.StatusCode)
 	assert.Contains(t, string(body), `data-stream="`+s+`" data-group="g" data-length="3" data-lag="3"`)
 	assert.Contains(t, string(body), "read-only")
+	assert.Contains(t, string(body), "topic?name="+url.QueryEscape(top.Name()), "the topic named by --topics is shown")
 
 	cancel()
 	select {
