@@ -27,12 +27,24 @@ type Snapshot[S any] struct {
 // txn.State read with Get) for stream and group. It is safe to call while
 // consumers run: it sees the last commit. The value is decoded with codec
 // when one is given (the state's own, e.g. state.JSON), else as msgpack.
+//
+// On a topic, Stateful keeps one value per partition: pass the partition's
+// stream (Topic.Stream(p)). Given a topic's name where no such record
+// exists, ReadState fails with an ErrConfig error saying so, rather than
+// return a zero value.
 func ReadState[S any](ctx context.Context, client redis.UniversalClient, stream, group, name string, codec ...state.Codec[S]) (Snapshot[S], error) {
 	sp, err := keys.NewSpace(stream, group)
 	if err != nil {
 		return Snapshot[S]{}, &ConfigError{Field: "stream", Reason: err.Error()}
 	}
-	return readState(ctx, client, sp.State(name), codec)
+	snap, err := readState(ctx, client, sp.State(name), codec)
+	if err == nil && snap.Version == 0 && partition.CheckName(stream) == nil {
+		if t, terr := OpenTopic(ctx, client, stream); terr == nil {
+			return snap, configErr("stream", "%q is a topic: its state %q is one value per partition, in each partition's stream (Topic.Stream(p), p < %d)",
+				stream, name, t.Partitions())
+		}
+	}
+	return snap, err
 }
 
 // ReadKeyedState reads the committed value of the keyed state name (Keyed,

@@ -556,3 +556,17 @@ func TestTopicFailingEntryHoldsBackOnlyItsKey(t *testing.T) {
 	o.n, o.keys = 22, 2
 	o.check(t)
 }
+
+// ReadState given a topic's name says the state is per partition instead of
+// returning a zero value.
+func TestReadStateOfATopicNamesThePartitions(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	o := newOrderRun(t, e, 3, 3, 0)
+	_, err := streamtx.ReadState[int](context.Background(), e.rdb, o.topic.Name(), o.group, "count")
+	requireConfigError(t, err, "stream")
+	require.ErrorContains(t, err, "one value per partition")
+	s, err := streamtx.ReadState[int](context.Background(), e.rdb, o.topic.Stream(1), o.group, "count")
+	require.NoError(t, err)
+	require.Zero(t, s.Value)
+}
