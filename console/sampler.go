@@ -320,45 +320,9 @@ func (s *sampler) publish(snap *snapshot, record bool) {
 // discover returns the stream keys matching match, without streamtx's own
 // keys, sorted, at most limit of them; on every master of a cluster.
 func discover(ctx context.Context, rdb redis.UniversalClient, match string, limit int) ([]string, error) {
-	var mu sync.Mutex
-	set := map[string]bool{}
-	scan := func(ctx context.Context, c redis.Cmdable) error {
-		var cursor uint64
-		for {
-			keys, next, err := c.ScanType(ctx, cursor, match, 1000, "stream").Result()
-			if err != nil {
-				return err
-			}
-			mu.Lock()
-			for _, k := range keys {
-				if !strings.HasPrefix(k, "stx:") && validName(k) {
-					set[k] = true
-				}
-			}
-			mu.Unlock()
-			if cursor = next; cursor == 0 {
-				return nil
-			}
-		}
-	}
-	var err error
-	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return scan(ctx, node) })
-	} else {
-		err = scan(ctx, rdb)
-	}
-	if err != nil {
-		return nil, err
-	}
-	names := make([]string, 0, len(set))
-	for k := range set {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	if len(names) > limit {
-		names = names[:limit]
-	}
-	return names, nil
+	return scanNames(ctx, rdb, match, "stream", limit, func(k string) (string, bool) {
+		return k, !strings.HasPrefix(k, "stx:") && validName(k)
+	})
 }
 
 // Topic metadata records are "stx:{<topic>}:topic" (partition.MetaKey).
@@ -371,20 +335,26 @@ const (
 // their metadata records (SCAN MATCH stx:{<match>}:topic TYPE string),
 // sorted, at most limit of them; on every master of a cluster.
 func discoverTopics(ctx context.Context, rdb redis.UniversalClient, match string, limit int) ([]string, error) {
+	return scanNames(ctx, rdb, topicKeyPrefix+match+topicKeySuffix, "string", limit, topicOfKey)
+}
+
+// scanNames scans the keys of type typ matching pattern, on every master
+// of a cluster, and returns the names that name gives them (where it says
+// ok), sorted, at most limit of them.
+func scanNames(ctx context.Context, rdb redis.UniversalClient, pattern, typ string, limit int, name func(key string) (string, bool)) ([]string, error) {
 	var mu sync.Mutex
 	set := map[string]bool{}
-	pattern := topicKeyPrefix + match + topicKeySuffix
 	scan := func(ctx context.Context, c redis.Cmdable) error {
 		var cursor uint64
 		for {
-			keys, next, err := c.ScanType(ctx, cursor, pattern, 1000, "string").Result()
+			keys, next, err := c.ScanType(ctx, cursor, pattern, 1000, typ).Result()
 			if err != nil {
 				return err
 			}
 			mu.Lock()
 			for _, k := range keys {
-				if name, ok := topicOfKey(k); ok {
-					set[name] = true
+				if n, ok := name(k); ok {
+					set[n] = true
 				}
 			}
 			mu.Unlock()
