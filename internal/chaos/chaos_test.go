@@ -239,26 +239,43 @@ func TestChaos(t *testing.T) {
 		t.Errorf("chaos: pending entries remain after the workers stopped: %s", status)
 	}
 
-	ev := cl.events()
+	r := reportRun(t, "chaos", cl, counts, rdb, dir)
+	t.Logf("chaos summary: result=%s seed=%d entries=%d groups=2 workers=%d faults=%d %s duplicates=%d losses=%d dead-letters=%d violations=%d elapsed=%.1fs",
+		r.result, seed, n, workersPerGroup*len(roles), r.total, r.faults, dups, losses, dead, violations, time.Since(began).Seconds())
+}
+
+// runReport is what reportRun found: the result word, the faults injected
+// by kind ("kill=3 zombie=1 …") and in all, and the events the worker logs
+// counted.
+type runReport struct {
+	result string
+	faults string
+	total  int
+	events map[string]int
+}
+
+// reportRun logs the events of cl's worker logs, keeps the append-only
+// files of a failed run, and returns what a run's summary line needs.
+func reportRun(t *testing.T, what string, cl *cluster, counts map[string]int, rdb *redis.Client, dir string) runReport {
+	t.Helper()
+	r := runReport{result: "PASS", events: cl.events()}
 	var faults []string
-	total := 0
 	for _, k := range faultKinds {
 		faults = append(faults, fmt.Sprintf("%s=%d", k, counts[k]))
-		total += counts[k]
+		r.total += counts[k]
 	}
+	r.faults = strings.Join(faults, " ")
 	var evs []string
-	for k, c := range ev {
+	for k, c := range r.events {
 		evs = append(evs, fmt.Sprintf("%s=%d", k, c))
 	}
 	sort.Strings(evs)
-	t.Logf("chaos: events (all worker logs): %s; worker processes started: %d", strings.Join(evs, " "), len(cl.all))
-	result := "PASS"
+	t.Logf("%s: events (all worker logs): %s; worker processes started: %d", what, strings.Join(evs, " "), len(cl.all))
 	if t.Failed() {
-		result = "FAIL"
+		r.result = "FAIL"
 		keepAOF(t, rdb, dir)
 	}
-	t.Logf("chaos summary: result=%s seed=%d entries=%d groups=2 workers=%d faults=%d %s duplicates=%d losses=%d dead-letters=%d violations=%d elapsed=%.1fs",
-		result, seed, n, workersPerGroup*len(roles), total, strings.Join(faults, " "), dups, losses, dead, violations, time.Since(began).Seconds())
+	return r
 }
 
 // keepAOF copies the server's append-only files, the full history of every

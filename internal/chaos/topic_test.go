@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,27 +181,10 @@ func TestChaosTopic(t *testing.T) {
 		t.Errorf("chaos: entries remain pending or undelivered after the workers stopped: %s", status)
 	}
 
-	ev := cl.events()
-	var faults []string
-	total := 0
-	for _, k := range faultKinds {
-		faults = append(faults, fmt.Sprintf("%s=%d", k, counts[k]))
-		total += counts[k]
-	}
-	var evs []string
-	for k, c := range ev {
-		evs = append(evs, fmt.Sprintf("%s=%d", k, c))
-	}
-	sort.Strings(evs)
-	t.Logf("chaos topic: events (all worker logs): %s; worker processes started: %d", strings.Join(evs, " "), len(cl.all))
-	result := "PASS"
-	if t.Failed() {
-		result = "FAIL"
-		keepAOF(t, rdb, dir)
-	}
+	rep := reportRun(t, "chaos topic", cl, counts, rdb, dir)
 	t.Logf("chaos topic summary: result=%s seed=%d entries=%d partitions=%d keys=%d workers=%d faults=%d %s assigned=%d fenced=%d refused=%d stale-after-rollback=%d duplicates=%d losses=%d inversions=%d dead-letters=%d violations=%d elapsed=%.1fs",
-		result, seed, n, topicPartitions, topicKeys, workersPerGroup, total, strings.Join(faults, " "),
-		ev["assigned"], ev["fenced"], ev["refused"], len(excused),
+		rep.result, seed, n, topicPartitions, topicKeys, workersPerGroup, rep.total, rep.faults,
+		rep.events["assigned"], rep.events["fenced"], rep.events["refused"], len(excused),
 		v.duplicates+v.phantoms, v.losses, v.inversions, v.deadLetters, v.nviolations, time.Since(began).Seconds())
 }
 
