@@ -51,23 +51,7 @@ var denseKinds = []struct {
 // short form (6000 entries) takes well under a minute, -race included; the
 // long form is in the package comment.
 func TestChaosDense(t *testing.T) {
-	seed := *seedFlag
-	if seed == 0 {
-		seed = rand.Uint64()
-	}
-	n, seconds := denseN, float64(denseSeconds)
-	flag.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "chaos.n":
-			n = *nFlag
-		case "chaos.seconds":
-			seconds = *secondsFlag
-		}
-	})
-	if n < 1 {
-		t.Fatalf("chaos: -chaos.n must be positive")
-	}
-	window := time.Duration(seconds * float64(time.Second))
+	seed, n, seconds, window := runParams(t, denseN, denseSeconds)
 	t.Logf("chaos dense: seed=%d entries=%d window=%v (replay: go test ./internal/chaos -run 'TestChaosDense$' -chaos.seed=%d -chaos.n=%d -chaos.seconds=%g)",
 		seed, n, window, seed, n, seconds)
 	rnd := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
@@ -442,4 +426,28 @@ func (in *denseInjector) denseDup() bool {
 	in.dups = append(in.dups, timed{s: s, p: np, old: old, d: both})
 	in.logf("dup: %s (pid %d) started beside %s (pid %d) as %q, for %v once ready", np.id, np.pid, old.id, old.pid, s.name, both.Round(time.Millisecond))
 	return true
+}
+
+// runParams returns a run's seed (-chaos.seed, or drawn), entry count and
+// fault window: -chaos.n and -chaos.seconds when given on the command line,
+// else n and seconds, the run's short form.
+func runParams(t *testing.T, n, seconds int) (seed uint64, entries int, secs float64, window time.Duration) {
+	t.Helper()
+	seed = *seedFlag
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	entries, secs = n, float64(seconds)
+	flag.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "chaos.n":
+			entries = *nFlag
+		case "chaos.seconds":
+			secs = *secondsFlag
+		}
+	})
+	if entries < 1 {
+		t.Fatalf("chaos: -chaos.n must be positive")
+	}
+	return seed, entries, secs, time.Duration(secs * float64(time.Second))
 }

@@ -4,7 +4,6 @@ package chaos
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -66,23 +65,7 @@ const (
 )
 
 func TestChaosTopic(t *testing.T) {
-	seed := *seedFlag
-	if seed == 0 {
-		seed = rand.Uint64()
-	}
-	n, seconds := topicN, float64(topicSeconds)
-	flag.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "chaos.n":
-			n = *nFlag
-		case "chaos.seconds":
-			seconds = *secondsFlag
-		}
-	})
-	if n < 1 {
-		t.Fatalf("chaos: -chaos.n must be positive")
-	}
-	window := time.Duration(seconds * float64(time.Second))
+	seed, n, seconds, window := runParams(t, topicN, topicSeconds)
 	t.Logf("chaos topic: seed=%d entries=%d window=%v (replay: go test ./internal/chaos -run 'TestChaosTopic$' -chaos.seed=%d -chaos.n=%d -chaos.seconds=%g -chaos.faults=%s -chaos.laggard=%v)",
 		seed, n, window, seed, n, seconds, *faultsFlag, *laggardFlag)
 	kinds := faultKinds
