@@ -132,15 +132,7 @@ func TestChaos(t *testing.T) {
 	if n < 1 {
 		t.Fatalf("chaos: -chaos.n must be positive")
 	}
-	kinds := faultKinds
-	if *faultsFlag != "all" {
-		kinds = strings.Split(*faultsFlag, ",")
-		for _, k := range kinds {
-			if !slices.Contains(faultKinds, k) {
-				t.Fatalf("chaos: -chaos.faults: unknown kind %q (kinds: %s)", k, strings.Join(faultKinds, ","))
-			}
-		}
-	}
+	kinds := chosenFaults(t)
 	rnd := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	began := time.Now()
 	ctx := context.Background()
@@ -469,4 +461,19 @@ func drainAndStopWhen(t *testing.T, cl *cluster, logf func(string, ...any),
 	for _, msg := range cl.logFindings() {
 		t.Errorf("chaos: %s", msg)
 	}
+}
+
+// chosenFaults returns the fault kinds -chaos.faults names (all by default).
+func chosenFaults(t *testing.T) []string {
+	t.Helper()
+	if *faultsFlag == "all" {
+		return faultKinds
+	}
+	kinds := strings.Split(*faultsFlag, ",")
+	for _, k := range kinds {
+		if !slices.Contains(faultKinds, k) {
+			t.Fatalf("chaos: -chaos.faults: unknown kind %q (kinds: %s)", k, strings.Join(faultKinds, ","))
+		}
+	}
+	return kinds
 }

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,15 +67,7 @@ func TestChaosTopic(t *testing.T) {
 	seed, n, seconds, window := runParams(t, topicN, topicSeconds)
 	t.Logf("chaos topic: seed=%d entries=%d window=%v (replay: go test ./internal/chaos -run 'TestChaosTopic$' -chaos.seed=%d -chaos.n=%d -chaos.seconds=%g -chaos.faults=%s -chaos.laggard=%v)",
 		seed, n, window, seed, n, seconds, *faultsFlag, *laggardFlag)
-	kinds := faultKinds
-	if *faultsFlag != "all" {
-		kinds = strings.Split(*faultsFlag, ",")
-		for _, k := range kinds {
-			if !slices.Contains(faultKinds, k) {
-				t.Fatalf("chaos: -chaos.faults: unknown kind %q (kinds: %s)", k, strings.Join(faultKinds, ","))
-			}
-		}
-	}
+	kinds := chosenFaults(t)
 	rnd := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	began := time.Now()
 	ctx := context.Background()
