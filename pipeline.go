@@ -74,12 +74,6 @@ func (r *runner) drainAhead(ctx, hctx context.Context) {
 		r.log.Warn("streamtx: read-ahead failed while stopping", "err", err)
 		return
 	}
-	if r.ordered && r.recoverOwn {
-		// As in step: read before a commit's outcome turned out unknown or
-		// lost, those entries come after the ones to take back, which stay
-		// pending for the next owner to deliver again in order.
-		return
-	}
 	if len(msgs) > 0 {
 		r.process(ctx, hctx, msgs)
 	}

@@ -50,12 +50,6 @@ func (r *runner) step(ctx, hctx context.Context) error {
 		// before anything else (a claim of our own entries would re-deliver
 		// it).
 		msgs, err = r.takeAhead(ctx)
-		if r.ordered && r.recoverOwn {
-			// Read before a commit's outcome turned out unknown: those
-			// entries come after the ones to recover, which claimOwn
-			// delivers again in order.
-			msgs = nil
-		}
 	case r.recoverOwn:
 		msgs, err = r.claimOwn(ctx)
 	case release != nil:
@@ -420,6 +414,12 @@ func (r *runner) takeAhead(ctx context.Context) ([]*Message, error) {
 	<-ra.done
 	if ra.err != nil {
 		return nil, r.readFailed(ctx, ra.err)
+	}
+	if r.ordered && r.recoverOwn {
+		// Read before a commit's outcome turned out unknown or lost: these
+		// entries come after the ones to take back, which claimOwn (or the
+		// next owner) delivers again, in order, with them.
+		return nil, nil
 	}
 	return ra.msgs, nil
 }
